@@ -1,0 +1,71 @@
+"""VIP addresses on pask's dummy interface, through pyroute2 (rtnetlink)."""
+
+from __future__ import annotations
+
+import errno
+
+from ..kernel import LinkObserved, VipAddress
+from .base import BackendError
+
+
+class IPRouteAddr:
+    """Imports pyroute2 lazily: it costs seconds to import under emulation."""
+
+    def __init__(self):
+        self._ipr = None
+
+    @property
+    def ipr(self):
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+            self._ipr = IPRoute()
+        return self._ipr
+
+    def _index(self, name: str) -> int | None:
+        found = self.ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    def observe(self, interface: str) -> tuple[LinkObserved | None, frozenset[VipAddress]]:
+        idx = self._index(interface)
+        if idx is None:
+            return None, frozenset()
+        link = self.ipr.get_links(idx)[0]
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info else ""
+        up = bool(link["flags"] & 1)
+        vips = frozenset(
+            VipAddress(interface, a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+            for a in self.ipr.get_addr(index=idx)
+            if a.get_attr("IFA_ADDRESS") and not a.get_attr("IFA_ADDRESS").startswith("fe80:")
+        )
+        return LinkObserved(interface, kind or "", up), vips
+
+    def add_link(self, name: str) -> None:
+        try:
+            if self._index(name) is None:
+                self.ipr.link("add", ifname=name, kind="dummy")
+            self.ipr.link("set", index=self._index(name), state="up")
+        except Exception as e:  # pyroute2 raises NetlinkError (an OSError subclass in 0.9)
+            code = getattr(e, "code", 0) or getattr(e, "errno", 0) or 0
+            hint = " (is the dummy module available?)" if code == errno.EOPNOTSUPP else ""
+            raise BackendError(f"create dummy interface {name}: {e}{hint}", code) from e
+
+    def add_address(self, vip: VipAddress) -> None:
+        self._addr("add", vip)
+
+    def delete_address(self, vip: VipAddress) -> None:
+        self._addr("del", vip)
+
+    def _addr(self, cmd: str, vip: VipAddress) -> None:
+        idx = self._index(vip.interface)
+        if idx is None:
+            raise BackendError(f"interface {vip.interface} does not exist", errno.ENODEV)
+        try:
+            self.ipr.addr(cmd, index=idx, address=vip.addr, prefixlen=vip.prefixlen)
+        except Exception as e:
+            code = getattr(e, "code", 0) or getattr(e, "errno", 0) or 0
+            if cmd == "add" and code == errno.EEXIST:
+                return
+            if cmd == "del" and code in (errno.EADDRNOTAVAIL, errno.ENOENT):
+                return
+            raise BackendError(f"{cmd} address {vip}: {e}", code) from e

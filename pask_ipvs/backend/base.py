@@ -1,0 +1,81 @@
+"""The kernel behind interfaces: the only seam between pask's pure core and the kernel.
+
+Real implementations live in this package (ipvs.py, nft.py, addr.py, sysctl.py)
+and are the only code importing pyroute2 / nftables; fakes (fake.py) behave
+like the kernel (same errno on conflicts, all-or-nothing nft replace).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence
+
+from ..kernel import IpvsObserved, LinkObserved, NftObserved, NftTable, VipAddress
+
+
+class BackendError(Exception):
+    """A kernel operation failed. ``errno`` is the kernel's (EEXIST, ENOENT, ...) when known."""
+
+    def __init__(self, message: str, errno: int = 0, op: object = None):
+        super().__init__(message)
+        self.errno = errno
+        self.op = op
+
+    @property
+    def retryable(self) -> bool:
+        return self.errno in (_errno.EBUSY, _errno.EAGAIN, _errno.ENOBUFS, _errno.EINTR)
+
+
+class IpvsBackend(Protocol):
+    def observe(self, stats: bool = False) -> IpvsObserved:
+        """The whole IPVS table (every service, pask's or not). Stats only when asked."""
+
+    def apply(self, ops: Sequence[object]) -> list[BackendError]:
+        """Run service/dest ops in order (batched). The kernel goes on after a failed
+        message, so every op is attempted; returns one error per failed op (with ``.op``)."""
+
+    def missing_schedulers(self, names: Iterable[str]) -> dict[str, str]:
+        """Kernel scheduler names that this kernel cannot load -> the module name missing."""
+
+
+class NftBackend(Protocol):
+    def observe(self) -> NftObserved | None:
+        """``inet pask`` as the kernel holds it, or None when the table does not exist."""
+
+    def check(self, table: NftTable) -> None:
+        """Ask libnftables whether ``table`` would load (dry run); raise BackendError if not."""
+
+    def replace(self, table: NftTable) -> NftObserved:
+        """Replace ``inet pask`` whole in one transaction (all or nothing); return what is now there."""
+
+    def delete(self) -> None:
+        """Delete ``inet pask`` (no error if it is already gone)."""
+
+
+class AddrBackend(Protocol):
+    def observe(self, interface: str) -> tuple[LinkObserved | None, frozenset[VipAddress]]:
+        """The interface (None if missing) and its addresses."""
+
+    def add_link(self, name: str) -> None:
+        """Create a dummy interface ``name`` and set it up (EEXIST-safe)."""
+
+    def add_address(self, vip: VipAddress) -> None: ...
+
+    def delete_address(self, vip: VipAddress) -> None: ...
+
+
+class SysctlBackend(Protocol):
+    def read(self, keys: Iterable[str]) -> dict[str, str]:
+        """Current values; a key the kernel does not have is left out."""
+
+    def write(self, key: str, value: str) -> None: ...
+
+
+@dataclass
+class Backends:
+    ipvs: IpvsBackend
+    nft: NftBackend
+    addr: AddrBackend
+    sysctl: SysctlBackend
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,17 @@
+"""All fakes together: a whole in-memory kernel for unit tests and --offline planning."""
+
+from __future__ import annotations
+
+from .base import Backends
+from .fake_host import FakeAddr, FakeSysctl
+from .fake_ipvs import FakeIpvs
+from .fake_nft import FakeNft
+
+
+def fake_backends(**ipvs_options) -> Backends:
+    return Backends(ipvs=FakeIpvs(**ipvs_options), nft=FakeNft(), addr=FakeAddr(), sysctl=FakeSysctl())
+
+
+def kernel_writes(b: Backends) -> int:
+    """Objects written to the (fake) kernel so far: the no-op apply must add none."""
+    return b.ipvs.writes + b.nft.replace_count + b.addr.writes + b.sysctl.writes

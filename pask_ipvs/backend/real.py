@@ -1,0 +1,14 @@
+"""The real kernel backends, assembled (imports stay lazy inside each)."""
+
+from __future__ import annotations
+
+from .base import Backends
+
+
+def real_backends() -> Backends:
+    from .addr import IPRouteAddr
+    from .ipvs import IpvsNetlink
+    from .nft import NftLib
+    from .sysctl import ProcSysctl
+
+    return Backends(ipvs=IpvsNetlink(), nft=NftLib(), addr=IPRouteAddr(), sysctl=ProcSysctl())

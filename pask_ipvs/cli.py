@@ -1,0 +1,281 @@
+"""Command-line entry points: pask-apply, pask-status, and the `pask` umbrella.
+
+Exit codes (design.md): 0 ok / no changes, 2 changes (with --detailed-exitcode),
+1 any error. argparse's own usage errors exit 1 too, never 2, so that 2 always
+means "changes" to scripts and Ansible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import sys
+import time
+from typing import Sequence
+
+from . import __version__
+from .state import DEFAULT_HEALTH_FILE, DEFAULT_STATE_FILE
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+APPLY_EPILOG = """\
+examples:
+  pask-apply --dry-run /etc/pask/config.yaml      show the plan, change nothing
+  pask-apply /etc/pask/config.yaml                reconcile the kernel, then verify
+  pask-apply --detailed-exitcode config.yaml      exit 0 = no changes, 2 = changed, 1 = error
+  pask-apply --format json --dry-run config.yaml  the plan as JSON (for tools)
+  pask-apply --offline config.yaml                plan against an empty kernel (no root, no kernel access)
+
+Plan lines read like a diff: '+' add, '~' change, '-' delete, '±' replace.
+Only objects pask owns are changed: the services the config declares (recorded
+in the state file) and the nftables table 'inet pask'. Foreign IPVS services and
+other nft tables are never touched. A bad config changes nothing and lists
+every problem as FILE:LINE: $.path: message.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors exit 1: 2 means "changes"
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _apply_parser(prog: str = "pask-apply") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Validate a pask config, reconcile the kernel "
+                "(IPVS, nftables, VIPs, sysctls) to it, and verify the result.",
+                epilog=APPLY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    p.add_argument("--dry-run", "--check", dest="dry_run", action="store_true",
+                   help="print the plan and change nothing")
+    p.add_argument("--diff", action="store_true",
+                   help="print the plan before applying (the default in --dry-run)")
+    p.add_argument("--detailed-exitcode", action="store_true",
+                   help="exit 0 when nothing changed (or would change), 2 when something did, 1 on error")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument("--state-file", default=DEFAULT_STATE_FILE,
+                   help=f"what pask owns, kept between runs (default {DEFAULT_STATE_FILE})")
+    p.add_argument("--health-file", default=DEFAULT_HEALTH_FILE,
+                   help=f"server health written by pask-healthd (default {DEFAULT_HEALTH_FILE})")
+    p.add_argument("--offline", action="store_true",
+                   help="plan against an empty in-memory kernel; implies --dry-run")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="list every op, show progress")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    p.add_argument("--version", action="version", version=f"pask-ipvs {__version__}")
+    return p
+
+
+class _Out:
+    def __init__(self, fmt: str, quiet: bool, verbose: int):
+        self.fmt, self.quiet, self.verbose = fmt, quiet, verbose
+
+    def info(self, msg: str) -> None:
+        if not self.quiet and self.fmt == "text":
+            print(msg, flush=True)
+
+    def progress(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"pask-apply: {msg}", file=sys.stderr, flush=True)
+
+    def error(self, msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from .apply import execute, next_state, observe, preflight, verify
+    from .backend.base import BackendError
+    from .desired import expand
+    from .errors import ConfigError
+    from .load import load_config
+    from .plan import Plan, diff
+    from .render.text import op_json, plan_text
+    from .state import allocate_fwmarks, load_health, load_state, locked, save_state
+
+    out = _Out(args.format, args.quiet, args.verbose)
+    dry_run = args.dry_run or args.offline
+    report: dict = {"config": args.config, "dry_run": dry_run, "changed": False, "ops": [],
+                    "counts": {}, "plan_text": "", "verified": None, "drift": [], "errors": []}
+
+    def finish(code: int) -> int:
+        if args.format == "json":
+            print(json.dumps(report, indent=1, sort_keys=True))
+        return code
+
+    def fail(messages: list[str]) -> int:
+        report["errors"].extend(messages)
+        for m in messages:
+            out.error(m)
+        return finish(EXIT_ERROR)
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        return fail([str(p) for p in e.problems] +
+                    [f"{args.config}: {len(e.problems)} problem(s); nothing was changed"])
+    except OSError as e:
+        return fail([f"{args.config}: cannot read config: {e.strerror}"])
+
+    try:
+        with locked(args.state_file, exclusive=not dry_run):
+            state = load_state(args.state_file)
+            health = load_health(args.health_file)
+            fwmarks = allocate_fwmarks(
+                [s.name for s in config.services if s.uses_fwmark],
+                {s.name: s.fwmark for s in config.services if s.fwmark}, state.fwmarks)
+            desired = expand(config, fwmarks, health)
+            backends = _backends(args.offline)
+            try:
+                observed = observe(desired, backends, stats=config.drain_timeout > 0)
+            except BackendError as e:
+                return fail([f"cannot read the kernel's state: {e}{_hint(e)}"])
+            problems = preflight(desired, backends)
+            if problems:
+                return fail([f"{args.config}: {p}" for p in problems] + ["nothing was changed"])
+            plan = diff(desired, observed, state, now=time.time(), drain_timeout=config.drain_timeout)
+            text = plan_text(plan, limit=None if (args.verbose or dry_run or args.diff) else 50)
+            report.update(changed=plan.changed, ops=[op_json(o) for o in plan.ops],
+                          counts=plan.counts(), plan_text=plan_text(plan))
+            if dry_run or args.diff or args.verbose or not plan.changed:
+                out.info(text.rstrip("\n"))
+            if dry_run:
+                return finish(EXIT_CHANGES if args.detailed_exitcode and plan.changed else EXIT_OK)
+
+            result = execute(plan, backends, progress=out.progress if not args.quiet else None) \
+                if plan.changed else None
+            remaining, after = verify(desired, backends, state, drain_timeout=config.drain_timeout)
+            new_state = next_state(state, desired, fwmarks, plan, result, after)
+            save_state(args.state_file, new_state)
+    except BlockingIOError:
+        return fail([f"{args.state_file}: another pask-apply is running (lock held)"])
+    except OSError as e:
+        return fail([f"{getattr(e, 'filename', '') or 'pask-apply'}: {e.strerror or e}{_hint(e)}"])
+    except ValueError as e:  # corrupt state or health file
+        return fail([str(e)])
+
+    if result is not None and not result.ok:
+        msgs = [f"apply failed: {e}" for e in result.errors]
+        if result.rolled_back:
+            msgs.append(f"rolled back {len(result.rolled_back)} op(s) that had been applied")
+        msgs += [f"rollback failed: {e}" for e in result.rollback_errors]
+        return fail(msgs)
+    report["verified"] = not remaining.changed
+    if remaining.changed:
+        report["drift"] = [op_json(o) for o in remaining.ops]
+        return fail(["verify: the kernel still differs from the config after apply:"]
+                    + ["  " + line for line in plan_text(remaining).splitlines()])
+    if plan.changed and not (args.diff or args.verbose):
+        out.info(plan_text(plan, limit=50).rstrip("\n") if len(plan) <= 50
+                 else f"applied {len(plan)} changes ({_counts(plan)}).")
+    if plan.changed:
+        out.info("Applied and verified: the kernel matches the config.")
+    return finish(EXIT_CHANGES if args.detailed_exitcode and plan.changed else EXIT_OK)
+
+
+def _counts(plan) -> str:
+    c = plan.counts()
+    return ", ".join(f"{n} {k}" for k, n in c.items() if n)
+
+
+def _backends(offline: bool):
+    if offline:
+        from .backend.fake import fake_backends
+        return fake_backends()
+    from .backend.real import real_backends
+    return real_backends()
+
+
+def _hint(e: Exception) -> str:
+    code = getattr(e, "errno", 0)
+    if code in (errno.EPERM, errno.EACCES):
+        return " (pask-apply needs root: run it with sudo, or use --offline to only plan)"
+    if code in (errno.EPROTONOSUPPORT, errno.ENOENT) and "IPVS" in str(e):
+        return " (this kernel has no IPVS: load ip_vs, or use --offline to only plan)"
+    return ""
+
+
+def apply_main(argv: Sequence[str] | None = None) -> int:
+    return run_apply(_apply_parser().parse_args(argv))
+
+
+# -- validate ------------------------------------------------------------------
+
+def validate_main(argv: Sequence[str] | None = None, prog: str = "pask validate") -> int:
+    """Pure check of a config file (no kernel access): for editors, CI and Ansible's validate:."""
+    from .errors import ConfigError
+    from .load import load_config
+
+    p = _Parser(prog=prog, description="Check a pask config file; exit 0 valid, 1 invalid.")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        for prob in e.problems:
+            print(prob, file=sys.stderr)
+        print(f"{args.config}: {len(e.problems)} problem(s)", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:
+        print(f"{args.config}: cannot read config: {e.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    if not args.quiet:
+        n = sum(len(s.real_servers) for s in config.services)
+        print(f"{args.config}: valid ({len(config.services)} services, {n} real servers)")
+    return EXIT_OK
+
+
+# -- status ----------------------------------------------------------------------
+
+def status_main(argv: Sequence[str] | None = None, prog: str = "pask-status") -> int:
+    from .status import run_status
+
+    p = _Parser(prog=prog, description="Show IPVS services and real servers with weight, "
+                "health, active/inactive connections and rates.")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--state-file", default=DEFAULT_STATE_FILE)
+    p.add_argument("--health-file", default=DEFAULT_HEALTH_FILE)
+    p.add_argument("--all", action="store_true", help="also show services pask does not own")
+    return run_status(p.parse_args(argv))
+
+
+# -- pask umbrella -----------------------------------------------------------------
+
+COMMANDS = {
+    "apply": "validate, reconcile and verify (same as pask-apply)",
+    "validate": "check a config file without touching the kernel",
+    "status": "services, servers, health, weights, connections (same as pask-status)",
+    "healthd": "run the health daemon (same as pask-healthd)",
+    "realserver": "prepare or undo a real server for L2/L3 DSR",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: pask COMMAND [ARGS]\n\ncommands:")
+        for name, what in COMMANDS.items():
+            print(f"  {name:<11} {what}")
+        print("\n'pask COMMAND --help' tells more.")
+        return EXIT_OK if argv else EXIT_ERROR
+    if argv[0] == "--version":
+        print(f"pask-ipvs {__version__}")
+        return EXIT_OK
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "apply":
+        return run_apply(_apply_parser("pask apply").parse_args(rest))
+    if cmd == "validate":
+        return validate_main(rest)
+    if cmd == "status":
+        return status_main(rest, prog="pask status")
+    if cmd == "healthd":
+        from .health.daemon import main as healthd_main
+        return healthd_main(rest)
+    if cmd == "realserver":
+        from .realserver import main as realserver_main
+        return realserver_main(rest)
+    print(f"pask: unknown command {cmd!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

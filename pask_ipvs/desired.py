@@ -1,0 +1,133 @@
+"""expand(model) -> Desired: what the kernel should hold, as pure data.
+
+The one place where PAS-K concepts become kernel objects (design.md's mapping
+table): NAT modes -> IPVS forwarding methods + nft SNAT, filters -> fwmark
+services, persistence -> IPVS persistent services, health -> weights.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Mapping
+
+from .kernel import (
+    FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, Desired, IpvsDest, IpvsService, ServiceKey, VipAddress,
+    canonical_ip,
+)
+from .model import Config, NatMode, OnFailure, ServerState, Service
+from .state import health_key
+
+FWD_BY_MODE = {
+    NatMode.DEST_NAT: FWD_MASQ,
+    NatMode.BOTH_NAT: FWD_MASQ,
+    NatMode.LAN_TO_LAN: FWD_MASQ,
+    NatMode.L2_DSR: FWD_ROUTE,
+    NatMode.L3_DSR: FWD_TUNNEL,
+}
+
+# pask's scheduler names that are a kernel scheduler plus a flag.
+SCHED_FLAGS = {"sh-port": ("sh", "sh-port"), "mh-port": ("mh", "mh-port")}
+
+
+def kernel_scheduler(name: str) -> tuple[str, frozenset[str]]:
+    sched, flag = SCHED_FLAGS.get(name, (name, None))
+    return sched, frozenset([flag]) if flag else frozenset()
+
+
+def service_key(svc: Service, fwmarks: Mapping[str, int]) -> ServiceKey:
+    if svc.uses_fwmark:
+        return ServiceKey.mark(fwmarks[svc.name], svc.family)
+    return ServiceKey.virtual(svc.protocol.value, svc.vip, svc.port)
+
+
+def persistence_prefix(svc: Service) -> int:
+    if svc.persistence is None:
+        return 128 if svc.family == 6 else 32
+    mask = svc.persistence.netmask
+    if svc.family == 6:
+        return int(mask)
+    return ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
+
+
+def ipvs_service(svc: Service, key: ServiceKey) -> IpvsService:
+    sched, flags = kernel_scheduler(svc.scheduler)
+    timeout = svc.persistence.timeout if svc.persistence else 0
+    if timeout:
+        flags = flags | {"persistent"}
+    return IpvsService(key, sched, frozenset(flags), timeout, persistence_prefix(svc))
+
+
+def effective_weights(svc: Service, up: Mapping[str, bool]) -> dict[tuple[str, int], int | None]:
+    """(addr, port) -> weight in the kernel, None = not in the kernel.
+
+    disabled -> 0 (drain); down -> 0 (inhibit) or absent (remove); a backup
+    (sorry) server carries weight only while no enabled server is up.
+    """
+    def is_up(rs) -> bool:
+        return up.get(health_key(svc.name, rs.address, rs.port), True)
+
+    primary_up = any(rs.state is ServerState.ENABLED and is_up(rs) for rs in svc.real_servers)
+    out: dict[tuple[str, int], int | None] = {}
+    for rs in svc.real_servers:
+        if not is_up(rs) and rs.state is not ServerState.DISABLED:
+            out[(rs.address, rs.port)] = None if svc.on_failure is OnFailure.REMOVE else 0
+        elif rs.state is ServerState.DISABLED:
+            out[(rs.address, rs.port)] = 0
+        elif rs.state is ServerState.BACKUP:
+            out[(rs.address, rs.port)] = 0 if primary_up else rs.weight
+        else:
+            out[(rs.address, rs.port)] = rs.weight
+    return out
+
+
+def sysctls_for(config: Config) -> dict[str, str]:
+    if not config.services:
+        return {}
+    out = {
+        "net.ipv4.ip_forward": "1",
+        # A deleted destination's connections are expired at once instead of
+        # black-holed until they time out (kube-proxy sets this too).
+        "net.ipv4.vs.expire_nodest_conn": "1",
+    }
+    modes = {s.nat_mode for s in config.services}
+    if any(m.needs_snat for m in modes):
+        out["net.ipv4.vs.conntrack"] = "1"        # nft SNAT of IPVS traffic needs conntrack
+    if any(m.is_dsr for m in modes):
+        out["net.ipv4.conf.all.accept_local"] = "1"
+    if any(s.family == 6 for s in config.services):
+        out["net.ipv6.conf.all.forwarding"] = "1"
+    return dict(sorted(out.items()))
+
+
+def expand(config: Config, fwmarks: Mapping[str, int],
+           health: Mapping[str, bool] | None = None) -> Desired:
+    """Desired kernel state for ``config``. ``fwmarks``: name -> mark for filtered services;
+    ``health``: health_key -> up, from pask-healthd (missing = up)."""
+    from .render.nft import render_table
+
+    health = health or {}
+    desired = Desired(vip_interface=config.vip_interface, sysctls=sysctls_for(config))
+    vips: set[VipAddress] = set()
+    schedulers: set[str] = set()
+    for svc in config.services:
+        key = service_key(svc, fwmarks)
+        ipvs_svc = ipvs_service(svc, key)
+        desired.services[key] = ipvs_svc
+        desired.owners[key] = svc.name
+        schedulers.add(ipvs_svc.scheduler)
+        fwd = FWD_BY_MODE[svc.nat_mode]
+        weights = effective_weights(svc, health)
+        for rs in svc.real_servers:
+            weight = weights[(rs.address, rs.port)]
+            if weight is None:
+                continue
+            port = rs.port if (rs.explicit_port or not svc.uses_fwmark) else 0
+            dest = IpvsDest(key, canonical_ip(rs.address), port, fwd, weight)
+            desired.dests[dest.key] = dest
+        if config.vip_interface:
+            vips.add(VipAddress(config.vip_interface, canonical_ip(svc.vip),
+                                128 if svc.family == 6 else 32))
+    desired.vips = frozenset(vips)
+    desired.schedulers = frozenset(schedulers)
+    desired.nft = render_table(config.services, fwmarks)
+    return desired

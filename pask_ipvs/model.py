@@ -1,0 +1,150 @@
+"""The validated configuration as typed, frozen values.
+
+Everything after validation works on these types, never on the raw dict, so a
+key's default and meaning are decided in exactly one place (``load.build_model``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Protocol(str, enum.Enum):
+    TCP = "tcp"
+    UDP = "udp"
+    SCTP = "sctp"
+
+
+class NatMode(str, enum.Enum):
+    DEST_NAT = "dest-nat"
+    BOTH_NAT = "both-nat"
+    L2_DSR = "l2-dsr"
+    L3_DSR = "l3-dsr"
+    LAN_TO_LAN = "lan-to-lan"
+
+    @property
+    def is_dsr(self) -> bool:
+        return self in (NatMode.L2_DSR, NatMode.L3_DSR)
+
+    @property
+    def needs_snat(self) -> bool:
+        return self in (NatMode.BOTH_NAT, NatMode.LAN_TO_LAN)
+
+
+# The 15 PAS-K/IPVS methods, plus mh-port (mh with the port in the hash).
+SCHEDULERS = (
+    "rr", "wrr", "lc", "wlc", "sh", "sh-port", "dh", "sed", "nq",
+    "lblc", "lblcr", "mh", "mh-port", "fo", "ovf", "twos",
+)
+
+
+class ServerState(str, enum.Enum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"   # drain: weight 0, established connections go on
+    BACKUP = "backup"       # sorry server: weight only while no enabled server is up
+
+
+class OnFailure(str, enum.Enum):
+    INHIBIT = "inhibit"     # weight 0, established connections drain
+    REMOVE = "remove"       # destination deleted
+
+
+class FilterAction(str, enum.Enum):
+    INCLUDE = "include"
+    EXCLUDE = "exclude"
+
+
+@dataclass(frozen=True)
+class PortRange:
+    low: int
+    high: int
+
+    def __str__(self) -> str:
+        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A general match: a field left out (None) matches anything."""
+
+    action: FilterAction
+    protocol: Protocol | None = None
+    src: str | None = None          # network in CIDR form, e.g. "10.0.0.0/8"
+    dst: str | None = None
+    src_port: PortRange | None = None
+    dst_port: PortRange | None = None
+
+
+@dataclass(frozen=True)
+class Persistence:
+    timeout: int                    # seconds
+    netmask: str = "255.255.255.255"  # IPv4 dotted mask, or an IPv6 prefix length as text ("128")
+
+
+@dataclass(frozen=True)
+class Health:
+    """A health check. ``params`` holds the type-specific keys (path, expect_status, ...)."""
+
+    type: str = "none"              # tcp | http | https | udp | dns | script | none
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    port: int | None = None         # check port; default: the real server's port
+    params: tuple[tuple[str, object], ...] = ()
+
+    def param(self, name: str, default: object = None) -> object:
+        for key, value in self.params:
+            if key == name:
+                return value
+        return default
+
+
+@dataclass(frozen=True)
+class RealServer:
+    address: str
+    port: int                       # already defaulted to the service port
+    weight: int = 1
+    state: ServerState = ServerState.ENABLED
+    explicit_port: bool = True      # False: port was defaulted (an fwmark service then keeps the packet's port)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    vip: str
+    port: int
+    protocol: Protocol
+    scheduler: str
+    nat_mode: NatMode
+    real_servers: tuple[RealServer, ...]
+    snat_ip: str | None = None
+    local_networks: tuple[str, ...] = ()
+    persistence: Persistence | None = None
+    filters: tuple[Filter, ...] = ()
+    health: Health = field(default_factory=Health)
+    on_failure: OnFailure = OnFailure.INHIBIT
+    fwmark: int | None = None       # explicit fwmark for a filtered service; else allocated
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.vip else 4
+
+    @property
+    def uses_fwmark(self) -> bool:
+        return bool(self.filters)
+
+
+@dataclass(frozen=True)
+class Config:
+    services: tuple[Service, ...]
+    vip_interface: str | None = "pask0"
+    drain_timeout: int = 0          # seconds a removed server drains at weight 0 before deletion; 0 = delete at once
+    source: str = "<config>"        # file name, for messages
+
+    def service(self, name: str) -> Service:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(name)

@@ -1,0 +1,208 @@
+"""plan = diff(desired, observed): a pure, ordered list of typed Ops.
+
+IPVS has no transactions, so order is the safety mechanism: everything new is
+added before anything old is removed, and the nft table (which steers marked
+traffic) is swapped between the two. Only objects pask owns are ever changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Iterable
+
+from .kernel import (
+    DestKey, Desired, NftTable, Observed,
+)
+from .state import PaskState
+
+ADD, SET, DELETE, REPLACE = "add", "set", "delete", "replace"
+SYMBOLS = {ADD: "+", SET: "~", DELETE: "-", REPLACE: "±"}
+
+# Execution order: (kind, action). New things first, old things last.
+PHASES: tuple[tuple[str, str], ...] = (
+    ("sysctl", SET),
+    ("link", ADD),
+    ("address", ADD),
+    ("service", ADD),
+    ("service", SET),
+    ("dest", ADD),
+    ("dest", SET),
+    ("nft", REPLACE),
+    ("dest", DELETE),
+    ("service", DELETE),
+    ("nft", DELETE),
+    ("address", DELETE),
+)
+_PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel change. ``before``/``after`` are kernel value types (or text for sysctls)."""
+
+    action: str
+    kind: str
+    key: str
+    before: object = None
+    after: object = None
+    reason: str = ""           # "" (config), "drift", "drain", "health", "rollback"
+    service: str = ""          # the config's service name, for display
+
+    @property
+    def symbol(self) -> str:
+        return SYMBOLS[self.action]
+
+    @property
+    def phase(self) -> int:
+        return _PHASE_INDEX[(self.kind, self.action)]
+
+    def inverse(self) -> "Op | None":
+        """The op that undoes this one, for rolling back a failed apply (None: cannot)."""
+        if self.action == ADD:
+            return replace(self, action=DELETE, before=self.after, after=None, reason="rollback")
+        if self.action == DELETE:
+            return replace(self, action=ADD, before=None, after=self.before, reason="rollback")
+        if self.action == SET:
+            return replace(self, before=self.after, after=self.before, reason="rollback")
+        return None  # an nft replace is atomic on its own; the old table is not kept
+
+
+@dataclass(frozen=True)
+class Plan:
+    ops: tuple[Op, ...] = ()
+    # Dests being drained (weight 0, waiting for connections to end): key -> since (epoch s).
+    draining: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.ops)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __iter__(self):
+        return iter(self.ops)
+
+    def counts(self) -> dict[str, int]:
+        out = {ADD: 0, SET: 0, DELETE: 0, REPLACE: 0}
+        for op in self.ops:
+            out[op.action] += 1
+        return out
+
+
+def ordered(ops: Iterable[Op]) -> tuple[Op, ...]:
+    # sort is stable: within a phase, ops keep the order they were produced in
+    return tuple(sorted(ops, key=lambda op: op.phase))
+
+
+def diff(desired: Desired, observed: Observed, state: PaskState | None = None,
+         *, now: float = 0.0, drain_timeout: int = 0) -> Plan:
+    """The ops that turn ``observed`` into ``desired``, touching only pask's objects.
+
+    Owned services are those the config declares plus those the state file
+    records (declared by an earlier run); every other IPVS service is foreign.
+    """
+    state = state or PaskState()
+    names = {key: name for name, key in state.services.items()}
+    names.update(desired.owners)
+    ops: list[Op] = []
+    draining: dict[DestKey, float] = {}
+
+    for key, value in desired.sysctls.items():
+        if observed.sysctls.get(key) != value:
+            ops.append(Op(SET, "sysctl", key, observed.sysctls.get(key), value))
+
+    if desired.vip_interface:
+        if observed.link is None:
+            ops.append(Op(ADD, "link", desired.vip_interface, None, desired.vip_interface))
+        for vip in sorted(desired.vips - observed.vips):
+            ops.append(Op(ADD, "address", str(vip), None, vip))
+        # The VIP interface is pask's own: an address there that no service uses leaves it.
+        for vip in sorted(observed.vips - desired.vips):
+            if vip.interface == desired.vip_interface:
+                ops.append(Op(DELETE, "address", str(vip), vip, None))
+    else:
+        # vip_interface: null -> VIPs are managed elsewhere; only take back what pask added.
+        for vip in sorted(observed.vips & frozenset(state.vips)):
+            ops.append(Op(DELETE, "address", str(vip), vip, None))
+
+    ipvs = observed.ipvs
+    for key, svc in desired.services.items():
+        have = ipvs.services.get(key)
+        if have is None:
+            ops.append(Op(ADD, "service", str(key), None, svc, service=names[key]))
+        elif have != svc:
+            ops.append(Op(SET, "service", str(key), have, svc, service=names[key]))
+    for dkey, dest in desired.dests.items():
+        have = ipvs.dests.get(dkey)
+        if have is None:
+            ops.append(Op(ADD, "dest", dest_label(dkey), None, dest, service=names[dkey.service]))
+        elif have != dest:
+            ops.append(Op(SET, "dest", dest_label(dkey), have, dest, service=names[dkey.service]))
+
+    for dkey, have in ipvs.dests.items():
+        # Dests of a service that goes away entirely go with it (below).
+        if dkey.service not in desired.services or dkey in desired.dests:
+            continue
+        name = names[dkey.service]
+        if drain_timeout > 0:
+            since = state.draining.get(dkey, now)
+            conns = ipvs.dest_stats.get(dkey)
+            if conns is not None and conns.connections > 0 and now - since < drain_timeout:
+                draining[dkey] = since
+                if have.weight != 0:
+                    ops.append(Op(SET, "dest", dest_label(dkey), have, replace(have, weight=0),
+                                  "drain", service=name))
+                continue
+        ops.append(Op(DELETE, "dest", dest_label(dkey), have, None, service=name))
+
+    for key in sorted(set(state.services.values()) - set(desired.services)):
+        have = ipvs.services.get(key)
+        if have is not None:
+            ops.append(Op(DELETE, "service", str(key), have, None, service=names[key]))
+
+    ops.extend(_nft_ops(desired.nft, observed, state))
+    return Plan(ordered(ops), draining)
+
+
+def _nft_ops(want: NftTable | None, observed: Observed, state: PaskState) -> list[Op]:
+    have = observed.nft
+    label = "table inet pask"
+    if want is None:
+        return [Op(DELETE, "nft", label, have, None)] if have is not None else []
+    if have is None:
+        return [Op(REPLACE, "nft", label, None, want)]
+    if have.comment != want.digest:
+        return [Op(REPLACE, "nft", label, have, want)]
+    if state.nft_listing_digest and have.listing_digest != state.nft_listing_digest:
+        return [Op(REPLACE, "nft", label, have, want, "drift")]
+    return []
+
+
+def dest_label(dkey: DestKey) -> str:
+    return f"{dkey.service} -> {dkey}"
+
+
+def diff_dests(desired: Desired, observed: Observed, services: Iterable) -> Plan:
+    """Dest ops for a few services only: the health daemon's cheap path.
+
+    It compares just those services' destinations (add / set / delete), so a
+    health transition costs one kernel write, not a full reconcile.
+    """
+    keys = set(services)
+    ops: list[Op] = []
+    for dkey, dest in desired.dests.items():
+        if dkey.service not in keys:
+            continue
+        have = observed.ipvs.dests.get(dkey)
+        if have is None:
+            ops.append(Op(ADD, "dest", dest_label(dkey), None, dest, "health",
+                          desired.owners.get(dkey.service, "")))
+        elif have != dest:
+            ops.append(Op(SET, "dest", dest_label(dkey), have, dest, "health",
+                          desired.owners.get(dkey.service, "")))
+    for dkey, have in observed.ipvs.dests.items():
+        if dkey.service in keys and dkey not in desired.dests:
+            ops.append(Op(DELETE, "dest", dest_label(dkey), have, None, "health",
+                          desired.owners.get(dkey.service, "")))
+    return Plan(ordered(ops))

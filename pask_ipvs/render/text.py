@@ -1,0 +1,98 @@
+"""The plan as text an operator reads like a diff, and as JSON for tools (Ansible)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Iterable
+
+from ..kernel import IpvsDest, IpvsService, NftObserved, NftTable
+from ..plan import ADD, DELETE, REPLACE, SET, Op, Plan
+
+_FIELDS_SHOWN = {
+    "service": ("scheduler", "flags", "timeout", "netmask"),
+    "dest": ("fwd", "weight", "u_threshold", "l_threshold"),
+}
+
+
+def op_line(op: Op) -> str:
+    who = f" {op.service}" if op.service else ""
+    why = f"  ({op.reason})" if op.reason else ""
+    if op.kind == "service":
+        body = str(op.after if op.after is not None else op.before)
+        if op.action == SET:
+            body = f"{op.key} {_changes(op)}"
+    elif op.kind == "dest":
+        if op.action == SET:
+            body = f"{op.key} {_changes(op)}"
+        else:
+            d: IpvsDest = op.after if op.after is not None else op.before
+            body = f"{op.key} {d.fwd} weight {d.weight}"
+    elif op.kind == "sysctl":
+        body = f"{op.key} = {op.after}" + (f" (was {op.before})" if op.before is not None else "")
+    elif op.kind == "nft":
+        body = f"table inet pask"
+        if isinstance(op.after, NftTable):
+            body += f" ({len(op.after.command_list())} objects, {op.after.digest})"
+    else:
+        body = op.key
+    return f"{op.symbol} {op.kind}{who} {body}{why}"
+
+
+def _changes(op: Op) -> str:
+    parts = []
+    for name in _FIELDS_SHOWN.get(op.kind, ()):
+        old, new = getattr(op.before, name), getattr(op.after, name)
+        if old != new:
+            parts.append(f"{name} {_fmt(old)} -> {_fmt(new)}")
+    return ", ".join(parts) or "(attributes)"
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, frozenset):
+        return "[" + ",".join(sorted(value)) + "]"
+    return str(value)
+
+
+def summary(plan: Plan) -> str:
+    if not plan.ops:
+        return "No changes. The kernel matches the config."
+    c = plan.counts()
+    return (f"Plan: {c[ADD]} to add, {c[SET]} to change, {c[DELETE]} to delete"
+            + (f", {c[REPLACE]} to replace" if c[REPLACE] else "") + ".")
+
+
+def plan_text(plan: Plan | Iterable[Op], *, limit: int | None = None) -> str:
+    ops = list(plan.ops if isinstance(plan, Plan) else plan)
+    lines = [op_line(op) for op in (ops if limit is None else ops[:limit])]
+    if limit is not None and len(ops) > limit:
+        lines.append(f"... and {len(ops) - limit} more (use -v to list all)")
+    p = plan if isinstance(plan, Plan) else Plan(tuple(ops))
+    lines.append(summary(p))
+    return "\n".join(lines) + "\n"
+
+
+def to_jsonable(value: object) -> object:
+    """Kernel value types -> plain JSON data (frozensets sorted, enums by value)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if isinstance(value, NftTable):
+            return {"digest": value.digest, "objects": len(value.command_list())}
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (frozenset, set)):
+        return sorted(to_jsonable(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def op_json(op: Op) -> dict:
+    return {
+        "action": op.action, "kind": op.kind, "key": op.key,
+        "service": op.service or None,
+        "before": to_jsonable(op.before), "after": to_jsonable(op.after),
+        "reason": op.reason,
+    }

@@ -1,0 +1,48 @@
+"""Small builders for model objects, so core tests don't depend on YAML loading."""
+
+from __future__ import annotations
+
+from pask_ipvs.model import (
+    Config, Filter, FilterAction, Health, NatMode, OnFailure, Persistence, Protocol,
+    RealServer, ServerState, Service,
+)
+
+
+def rs(addr: str, port: int = 80, weight: int = 1, state: str = "enabled", explicit: bool = True):
+    return RealServer(addr, port, weight, ServerState(state), explicit)
+
+
+def svc(name: str = "web", vip: str = "10.99.100.1", port: int = 80, *, proto: str = "tcp",
+        sched: str = "rr", mode: str = "dest-nat", servers=None, persistence=None,
+        filters=(), on_failure: str = "inhibit", snat_ip=None, local_networks=(), fwmark=None):
+    if servers is None:
+        servers = [rs("10.99.2.11", port), rs("10.99.2.12", port)]
+    return Service(
+        name=name, vip=vip, port=port, protocol=Protocol(proto), scheduler=sched,
+        nat_mode=NatMode(mode), real_servers=tuple(servers), snat_ip=snat_ip,
+        local_networks=tuple(local_networks),
+        persistence=Persistence(*persistence) if persistence else None,
+        filters=tuple(filters), health=Health(), on_failure=OnFailure(on_failure), fwmark=fwmark)
+
+
+def include(**kw) -> Filter:
+    return Filter(FilterAction.INCLUDE, **kw)
+
+
+def exclude(**kw) -> Filter:
+    return Filter(FilterAction.EXCLUDE, **kw)
+
+
+def config(*services, vip_interface: str | None = "pask0", drain_timeout: int = 0) -> Config:
+    return Config(services=tuple(services), vip_interface=vip_interface, drain_timeout=drain_timeout)
+
+
+def many(n: int, m: int) -> Config:
+    """n services x m real servers, addresses in 10.99.0.0/16."""
+    services = []
+    for i in range(n):
+        vip = f"10.99.{128 + i // 250}.{1 + i % 250}"
+        servers = [rs(f"10.99.{(i * m + j) // 250 % 120}.{1 + (i * m + j) % 250}", 8080)
+                   for j in range(m)]
+        services.append(svc(f"s{i}", vip, 80, servers=servers))
+    return config(*services)
