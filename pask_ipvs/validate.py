@@ -1,0 +1,620 @@
+"""Two-stage validation of config data: JSON Schema (structure), then semantic checks.
+
+Both stages always run and every problem is collected: the semantic stage
+reads the raw data defensively and simply skips a value the schema already
+rejected, so one mistake is reported once, and a bad entry is never skipped
+without a word.  Messages say what is wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import ipaddress
+import json
+import re
+from importlib import resources
+from typing import Callable, Iterator, Sequence
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match
+
+from .errors import PathPart, Problem, format_path
+from .load import DEFAULT_HEALTH, DEFAULT_NAT_MODE, DEFAULT_PROTOCOL, LineMap
+
+Path = tuple[PathPart, ...]
+Issue = tuple[Path, str]
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DSR_MODES = ("l2-dsr", "l3-dsr")
+
+
+@functools.cache
+def load_schema() -> dict:
+    """The config's JSON Schema (schemas/pask.schema.json, shipped inside the package)."""
+    text = resources.files("pask_ipvs").joinpath("schemas", "pask.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(load_schema())
+
+
+def validate(data: object, lines: LineMap, source: str) -> list[Problem]:
+    """Every problem in ``data`` (schema and semantic), each with its file line."""
+    issues = list(schema_issues(data))
+    issues += semantic_issues(data, lines)
+    return [Problem(source, lines.line(path), format_path(path), message) for path, message in issues]
+
+
+# -- stage 1: JSON Schema ------------------------------------------------------------
+#
+# jsonschema costs ~55 us per real server (1.9 s at 1024 x 32), so real-server
+# entries are first put through a yes/no check compiled from the same schema
+# (``compile_check``); only entries it does not pass go through jsonschema,
+# which then produces the messages.  The rest of the document is validated by
+# jsonschema with a copy of the schema whose real_servers list has no ``items``.
+
+FAST_DEF = "real_server"
+
+
+def _def_schema(name: str) -> dict:
+    root = load_schema()
+    return {"$schema": root["$schema"], "$defs": root["$defs"], "$ref": f"#/$defs/{name}"}
+
+
+@functools.cache
+def _fast_path() -> tuple[jsonschema.Draft202012Validator, Callable[[object], bool] | None,
+                          jsonschema.Draft202012Validator]:
+    """(validator for the document, quick check of a real server or None, validator of one)."""
+    root = load_schema()
+    ref = {"$ref": f"#/$defs/{FAST_DEF}"}
+    try:
+        quick = compile_check(root["$defs"][FAST_DEF], root)
+    except NotCompilable:
+        quick = None
+    # schema_issues checks exactly services[*].real_servers[*] itself: use the fast
+    # path only while that is the one place the schema validates real servers.
+    if quick is None or json.dumps(root).count(json.dumps(ref)) != 1 or \
+            root["$defs"]["service"]["properties"]["real_servers"].get("items") != ref:
+        return _validator(), None, _validator()
+    outer = json.loads(json.dumps(root))
+    del outer["$defs"]["service"]["properties"]["real_servers"]["items"]
+    return (jsonschema.Draft202012Validator(outer), quick,
+            jsonschema.Draft202012Validator(_def_schema(FAST_DEF)))
+
+
+def schema_issues(data: object) -> Iterator[Issue]:
+    outer, quick, item_validator = _fast_path()
+    for err in outer.iter_errors(data):
+        yield from _translate(err, data)
+    if quick is None:
+        return
+    services = data.get("services") if isinstance(data, dict) else None
+    for i, svc in enumerate(services if isinstance(services, list) else ()):
+        servers = svc.get("real_servers") if isinstance(svc, dict) else None
+        for j, rs in enumerate(servers if isinstance(servers, list) else ()):
+            if not quick(rs):
+                for err in item_validator.iter_errors(rs):
+                    yield from _translate(err, data, ("services", i, "real_servers", j))
+
+
+class NotCompilable(Exception):
+    """The subschema uses a keyword ``compile_check`` does not know: use jsonschema."""
+
+
+_ANNOTATIONS = {"description", "$comment", "default", "title", "examples"}
+_PY_TYPES: dict[str, tuple[type, ...]] = {             # exact types: stricter than JSON Schema
+    "object": (dict,), "array": (list,), "string": (str,), "integer": (int,),
+    "number": (int, float), "boolean": (bool,), "null": (type(None),),
+}
+
+
+def compile_check(schema: dict | bool, root: dict) -> Callable[[object], bool]:
+    """A fast predicate that is True only for instances the schema accepts.
+
+    It may say False for a valid instance (then jsonschema decides), never
+    True for an invalid one.  Only simple keywords are supported.
+    """
+    if schema is True:
+        return lambda v: True
+    if schema is False:
+        return lambda v: False
+    checks: list[Callable[[object], bool]] = []
+    for kw, arg in schema.items():
+        if kw in _ANNOTATIONS or kw in ("required", "additionalProperties"):
+            continue
+        if kw == "$ref":
+            if not arg.startswith("#/$defs/"):
+                raise NotCompilable(arg)
+            checks.append(compile_check(root["$defs"][arg[len("#/$defs/"):]], root))
+        elif kw == "type":
+            types = frozenset(t for name in ([arg] if isinstance(arg, str) else arg) for t in _PY_TYPES[name])
+            checks.append(lambda v, types=types: type(v) in types)
+        elif kw in ("enum", "const"):
+            values = arg if kw == "enum" else [arg]
+            if not all(type(x) is str for x in values):
+                raise NotCompilable(kw)
+            allowed = frozenset(values)
+            checks.append(lambda v, allowed=allowed: type(v) is str and v in allowed)
+        elif kw in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            op = {"minimum": lambda v, a: v >= a, "maximum": lambda v, a: v <= a,
+                  "exclusiveMinimum": lambda v, a: v > a, "exclusiveMaximum": lambda v, a: v < a}[kw]
+            checks.append(lambda v, op=op, a=arg: type(v) not in (int, float) or op(v, a))
+        elif kw in ("minLength", "maxLength"):
+            op = (lambda v, a: len(v) >= a) if kw == "minLength" else (lambda v, a: len(v) <= a)
+            checks.append(lambda v, op=op, a=arg: not isinstance(v, str) or op(v, a))
+        elif kw == "pattern":
+            search = re.compile(arg).search
+            checks.append(lambda v, search=search: not isinstance(v, str) or search(v) is not None)
+        elif kw == "properties":
+            props = {k: compile_check(sub, root) for k, sub in arg.items()}
+            closed = schema.get("additionalProperties", True) is False
+            if not closed and "additionalProperties" in schema:
+                raise NotCompilable("additionalProperties")
+            required = tuple(schema.get("required", ()))
+
+            def check_object(v, props=props, closed=closed, required=required) -> bool:
+                if not isinstance(v, dict):
+                    return True
+                for key in required:
+                    if key not in v:
+                        return False
+                for key, value in v.items():
+                    check = props.get(key)
+                    if check is None:
+                        if closed:
+                            return False
+                    elif not check(value):
+                        return False
+                return True
+            checks.append(check_object)
+        else:
+            raise NotCompilable(kw)
+    if ("required" in schema or "additionalProperties" in schema) and "properties" not in schema:
+        raise NotCompilable("required/additionalProperties without properties")
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda v: first(v) and second(v)
+    return lambda v: all(c(v) for c in checks)
+
+
+_TYPE_NAMES = {
+    "object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+    "number": "a number", "boolean": "true or false", "null": "null",
+}
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it, briefly."""
+    if value is None:
+        return "null (an empty value)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value} ({type(value).__name__})"
+
+
+# What users coming from PAS-K or other balancers may write instead.
+_ALIASES = {
+    "round-robin": "rr", "roundrobin": "rr", "weighted-round-robin": "wrr",
+    "least-connection": "lc", "least-connections": "lc", "leastconn": "lc",
+    "weighted-least-connection": "wlc", "weighted-least-connections": "wlc",
+    "source-hash": "sh", "source": "sh", "destination-hash": "dh", "maglev": "mh",
+    "shortest-expected-delay": "sed", "never-queue": "nq", "failover": "fo", "overflow": "ovf",
+    "nat": "dest-nat", "masq": "dest-nat", "masquerade": "dest-nat", "dr": "l2-dsr",
+    "direct-routing": "l2-dsr", "dsr": "l2-dsr", "tun": "l3-dsr", "tunnel": "l3-dsr", "ipip": "l3-dsr",
+    "snat": "both-nat", "full-nat": "both-nat", "fullnat": "both-nat",
+    "drain": "disabled", "maintenance": "disabled", "sorry": "backup", "down": "disabled",
+}
+
+
+def _suggest(word: object, choices: Sequence[str]) -> str:
+    if not isinstance(word, str):
+        return ""
+    alias = _ALIASES.get(word.lower().replace("_", "-").replace(" ", "-"))
+    if alias in choices:
+        return f"; did you mean {alias!r}?"
+    for choice in choices:
+        if choice.lower() == word.lower():
+            return f"; did you mean {choice!r}?"
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _range_text(schema: dict) -> str:
+    low = schema.get("minimum")
+    xlow = schema.get("exclusiveMinimum")
+    high = schema.get("maximum")
+    if low is not None and high is not None:
+        return f"{low}..{high}"
+    parts = []
+    if low is not None:
+        parts.append(f">= {low}")
+    if xlow is not None:
+        parts.append(f"> {xlow}")
+    if high is not None:
+        parts.append(f"<= {high}")
+    return " and ".join(parts)
+
+
+def _parent(data: object, path: Path) -> object:
+    for part in path:
+        try:
+            data = data[part]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _translate(err: ValidationError, data: object, prefix: Path = ()) -> Iterator[Issue]:
+    """One jsonschema error -> clear (path, message) issues; ``prefix``: where the instance is."""
+    path: Path = prefix + tuple(err.absolute_path)
+    kw = err.validator
+    value = err.instance
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    desc = schema.get("description")
+
+    if kw == "additionalProperties" and isinstance(value, dict):
+        allowed = list(schema.get("properties", {}))
+        for key in value:
+            if key not in allowed:
+                yield path + (key,), (f"unknown key {key!r} (allowed: {', '.join(allowed)})"
+                                      + _suggest(key, allowed))
+    elif kw == "required" and isinstance(value, dict):
+        why = f": {desc}" if desc and "then" in err.absolute_schema_path else ""
+        for key in err.validator_value:
+            if key not in value:
+                yield path, f"missing required key {key!r}{why}"
+    elif kw == "type":
+        types = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        expected = desc or " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+        yield path, f"expected {expected}, got {_show(value)}"
+    elif kw in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        word = "too small" if "inimum" in kw else "too large"
+        yield path, f"{_show(value)} is {word} (allowed: {_range_text(schema)})"
+    elif kw == "enum":
+        allowed = [str(v) for v in err.validator_value]
+        yield path, f"unknown value {_show(value)} (allowed: {', '.join(allowed)})" + _suggest(value, allowed)
+    elif kw == "const":
+        yield path, f"{_show(value)} is not supported (allowed: {err.validator_value})"
+    elif kw == "pattern":
+        allowed = desc or f"text matching {err.validator_value}"
+        yield path, f"{_show(value)} is not valid (allowed: {allowed})"
+    elif kw in ("minLength", "maxLength"):
+        n = err.validator_value
+        if kw == "minLength" and value == "":
+            yield path, "an empty string is not allowed" + (f" (allowed: {desc})" if desc else "")
+        elif kw == "minLength":
+            yield path, f"{_show(value)} is too short (allowed: at least {n} characters)"
+        else:
+            yield path, f"{_show(value)} is too long (allowed: at most {n} characters)"
+    elif kw == "minItems":
+        n = err.validator_value
+        yield path, f"an empty list is not allowed (allowed: at least {n} item{'s' if n != 1 else ''})"
+    elif kw == "not" and path and isinstance(path[-1], str):
+        parent = _parent(data, path[:-1])
+        htype = parent.get("type", DEFAULT_HEALTH["type"]) if isinstance(parent, dict) else None
+        here = f" for health type {htype!r}" if htype is not None else " here"
+        yield path, f"key {path[-1]!r} is not allowed{here}" + (f" ({desc})" if desc else "")
+    elif kw in ("oneOf", "anyOf") and err.context:
+        matching = [e for e in err.context if e.validator != "type"]
+        if matching:
+            yield from _translate(best_match(matching), data, prefix)
+        else:
+            yield path, f"expected {desc or 'another kind of value'}, got {_show(value)}"
+    else:
+        yield path, err.message
+
+
+# -- stage 2: semantic checks --------------------------------------------------------
+
+def _int(value: object, low: int, high: int) -> int | None:
+    """``value`` if it is a valid integer in range (the schema reports it otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if low <= value <= high else None
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return None
+    return float(value)
+
+
+def _choice(raw: dict, key: str, default: str, allowed: Sequence[str]) -> str | None:
+    value = raw.get(key, default)
+    return value if value in allowed else None
+
+
+def _hostport(addr: IpAddress, port: int | None) -> str:
+    host = f"[{addr}]" if addr.version == 6 else str(addr)
+    return host if port is None else f"{host}:{port}"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_address(text: str) -> IpAddress | str:
+    """The address, or why it is not one."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    if ":" not in text and re.search(r"[A-Za-z]", text):
+        return "host names are not resolved"
+    try:
+        if ":" in text:
+            ipaddress.IPv6Address(text)
+        else:
+            ipaddress.IPv4Address(text)
+    except ValueError as e:
+        return str(e).replace(f" in {text!r}", "")
+    return "not an address"                                   # pragma: no cover
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _parse_network(text: str) -> IpNetwork | str:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return str(e)
+        return f"{text} has host bits set; did you mean {loose}?"
+
+
+_MASK_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
+
+
+class _Semantics:
+    """Checks that relate values; each appends (path, message) to ``issues``."""
+
+    def __init__(self, lines: LineMap):
+        self.lines = lines
+        self.issues: list[Issue] = []
+
+    def add(self, path: Path, message: str) -> None:
+        self.issues.append((path, message))
+
+    # -- single values ----------------------------------------------------------
+    def address(self, path: Path, value: object, what: str) -> IpAddress | None:
+        if not isinstance(value, str) or not value:
+            return None
+        parsed = _parse_address(value)
+        if isinstance(parsed, str):
+            self.add(path, f"{value!r} is not an IPv4 or IPv6 address ({parsed})")
+            return None
+        if parsed.is_unspecified or parsed.is_multicast:
+            kind = "the unspecified address" if parsed.is_unspecified else "a multicast address"
+            self.add(path, f"{value} is {kind}; a {what} must be a unicast address")
+            return None
+        return parsed
+
+    def network(self, path: Path, value: object) -> IpNetwork | None:
+        if not isinstance(value, str) or not value:
+            return None
+        parsed = _parse_network(value)
+        if isinstance(parsed, str):
+            self.add(path, f"{value!r} is not an IPv4 or IPv6 address or CIDR network ({parsed})")
+            return None
+        return parsed
+
+    def same_family(self, path: Path, what: str, value: IpAddress | IpNetwork | None,
+                    vip: IpAddress | None) -> bool:
+        if value is None or vip is None or value.version == vip.version:
+            return True
+        self.add(path, f"{what} {value} is IPv{value.version} but the VIP {vip} is IPv{vip.version} "
+                       f"(allowed: IPv{vip.version} only)")
+        return False
+
+    def port_match(self, path: Path, value: object) -> None:
+        if not isinstance(value, str) or not re.fullmatch(r"\d{1,5}-\d{1,5}", value):
+            return
+        low, high = (int(p) for p in value.split("-"))
+        if not (1 <= low <= 65535 and 1 <= high <= 65535):
+            self.add(path, f"port range {value!r} is out of range (allowed: ports 1..65535)")
+        elif low > high:
+            self.add(path, f"port range {value!r} is reversed: {low} > {high} "
+                           f"(allowed: low <= high, e.g. '{high}-{low}')")
+
+    def regex(self, path: Path, value: object) -> None:
+        if not isinstance(value, str):
+            return
+        try:
+            re.compile(value)
+        except re.error as e:
+            self.add(path, f"invalid regular expression {value!r}: {e}")
+
+    def netmask(self, path: Path, value: object, vip: IpAddress | None) -> None:
+        if vip is None or isinstance(value, bool) or not isinstance(value, (str, int)):
+            return
+        if vip.version == 6:
+            if not isinstance(value, int) or not 1 <= value <= 128:
+                self.add(path, f"{_show(value)} is not valid for an IPv6 service "
+                               "(allowed: a prefix length 1..128)")
+            return
+        if isinstance(value, int):
+            hint = (f", e.g. {ipaddress.IPv4Network(f'0.0.0.0/{value}').netmask} for /{value}"
+                    if 1 <= value <= 32 else "")
+            self.add(path, f"{value} is a prefix length; an IPv4 service takes a dotted netmask{hint}")
+            return
+        try:
+            mask = int(ipaddress.IPv4Address(value)) if _MASK_RE.match(value) else None
+        except ValueError:
+            mask = None
+        if mask is None:
+            self.add(path, f"{value!r} is not a dotted IPv4 netmask (allowed: e.g. 255.255.255.0)")
+            return
+        inverted = ~mask & 0xFFFFFFFF
+        if mask == 0 or inverted & (inverted + 1):
+            self.add(path, f"{value} is not a contiguous netmask "
+                           "(allowed: 128.0.0.0 .. 255.255.255.255, ones then zeros)")
+
+    # -- one service ------------------------------------------------------------
+    def service(self, p: Path, svc: dict) -> None:
+        vip = self.address(p + ("vip",), svc.get("vip"), "VIP")
+        port = _int(svc.get("port"), 0, 65535)
+        proto = _choice(svc, "protocol", DEFAULT_PROTOCOL, ("tcp", "udp", "sctp"))
+        mode = _choice(svc, "nat_mode", DEFAULT_NAT_MODE,
+                       ("dest-nat", "both-nat", "l2-dsr", "l3-dsr", "lan-to-lan"))
+        self.snat(p, svc, mode, vip)
+        self.local_networks(p, svc, mode, vip)
+        persistence = svc.get("persistence")
+        if isinstance(persistence, dict) and "netmask" in persistence:
+            self.netmask(p + ("persistence", "netmask"), persistence["netmask"], vip)
+        if port == 0 and "persistence" not in svc:
+            self.add(p + ("port",), "port 0 (all ports) needs persistence: IPVS accepts port 0 only "
+                                    "on a persistent service (allowed: port 1..65535, or add persistence)")
+        filters = svc.get("filters")
+        if isinstance(filters, list):
+            for i, flt in enumerate(filters):
+                if isinstance(flt, dict):
+                    self.filter(p + ("filters", i), flt, vip, proto)
+        if "fwmark" in svc and _int(svc["fwmark"], 1, 0xFFFFFFFF) is not None and not filters:
+            self.add(p + ("fwmark",), "fwmark is only used by a service with filters "
+                                      "(a service without filters is matched by VIP, port and protocol)")
+        servers = svc.get("real_servers")
+        if isinstance(servers, list):
+            self.real_servers(p + ("real_servers",), servers, vip, port, mode)
+        health = svc.get("health")
+        if isinstance(health, dict):
+            self.health(p + ("health",), health)
+
+    def snat(self, p: Path, svc: dict, mode: str | None, vip: IpAddress | None) -> None:
+        if "snat_ip" in svc:
+            addr = self.address(p + ("snat_ip",), svc["snat_ip"], "snat_ip")
+            if mode is not None and mode != "both-nat":
+                self.add(p + ("snat_ip",), f"snat_ip is only used with nat_mode both-nat "
+                                           f"(this service is {mode})")
+            else:
+                self.same_family(p + ("snat_ip",), "snat_ip", addr, vip)
+        elif mode == "both-nat":
+            self.add(p, "nat_mode both-nat needs snat_ip: the source address for traffic "
+                        "toward the real servers")
+
+    def local_networks(self, p: Path, svc: dict, mode: str | None, vip: IpAddress | None) -> None:
+        nets = svc.get("local_networks")
+        if mode == "lan-to-lan" and (nets is None or nets == []):
+            where = p + ("local_networks",) if "local_networks" in svc else p
+            self.add(where, "nat_mode lan-to-lan needs local_networks: the client networks on "
+                            "the real servers' LAN (allowed: a non-empty list, e.g. [10.99.2.0/24])")
+            return
+        if not isinstance(nets, list) or not nets:
+            return
+        if mode is not None and mode != "lan-to-lan":
+            self.add(p + ("local_networks",), f"local_networks is only used with nat_mode lan-to-lan "
+                                              f"(this service is {mode})")
+            return
+        for i, text in enumerate(nets):
+            path = p + ("local_networks", i)
+            self.same_family(path, "local network", self.network(path, text), vip)
+
+    def filter(self, p: Path, flt: dict, vip: IpAddress | None, proto: str | None) -> None:
+        for key in ("src", "dst"):
+            if key in flt:
+                self.same_family(p + (key,), f"filter {key}", self.network(p + (key,), flt[key]), vip)
+        fproto = flt.get("protocol")
+        if proto is not None and fproto in ("tcp", "udp", "sctp") and fproto != proto:
+            self.add(p + ("protocol",), f"filter protocol {fproto} contradicts the service protocol "
+                                        f"{proto} (allowed: {proto}, or leave protocol out)")
+        for key in ("src_port", "dst_port"):
+            if key in flt:
+                self.port_match(p + (key,), flt[key])
+
+    def real_servers(self, p: Path, servers: list, vip: IpAddress | None, port: int | None,
+                     mode: str | None) -> None:
+        seen: dict[tuple[IpAddress, int], int] = {}
+        for i, rs in enumerate(servers):
+            if not isinstance(rs, dict):
+                continue
+            q = p + (i,)
+            addr = self.address(q + ("address",), rs.get("address"), "real server address")
+            if addr is not None and not self.same_family(q + ("address",), "real server", addr, vip):
+                addr = None
+            if addr is not None and addr == vip:
+                self.add(q + ("address",), f"real server {addr} is the VIP itself "
+                                           "(allowed: any address but the VIP)")
+            rs_port = _int(rs["port"], 1, 65535) if "port" in rs else port
+            if (mode in DSR_MODES and "port" in rs and rs_port is not None and port is not None
+                    and rs_port != port):
+                self.add(q + ("port",), f"{mode} forwards packets unchanged, so a real server's port "
+                                        f"must be the service port (allowed: {port}, or leave port out)")
+            if addr is not None and rs_port is not None:
+                first = seen.setdefault((addr, rs_port), i)
+                if first != i:
+                    self.add(q + ("address",), f"duplicate real server {_hostport(addr, rs_port)} "
+                                               f"(first at line {self.lines.line(p + (first,))})")
+
+    def health(self, p: Path, health: dict) -> None:
+        interval = _num(health.get("interval", DEFAULT_HEALTH["interval"]))
+        timeout = _num(health.get("timeout", DEFAULT_HEALTH["timeout"]))
+        if interval is not None and timeout is not None and timeout > interval:
+            where = p + ("timeout",) if "timeout" in health else p + ("interval",)
+            self.add(where, f"timeout {timeout:g} is longer than interval {interval:g} "
+                            "(allowed: timeout <= interval)")
+        for key in ("body_regex", "expect"):
+            if key in health:
+                self.regex(p + (key,), health[key])
+
+    # -- across services ----------------------------------------------------------
+    def services(self, services: list) -> None:
+        names: dict[str, int] = {}
+        endpoints: dict[tuple, int] = {}
+        marks: dict[int, int] = {}
+        for i, svc in enumerate(services):
+            if not isinstance(svc, dict):
+                continue
+            p: Path = ("services", i)
+            self.service(p, svc)
+            name = svc.get("name")
+            if isinstance(name, str):
+                first = names.setdefault(name, i)
+                if first != i:
+                    self.add(p + ("name",), f"duplicate service name {name!r} "
+                                            f"(first at line {self.lines.line(('services', first, 'name'))}; "
+                                            "names must be unique)")
+            label = repr(name) if isinstance(name, str) else f"#{i}"
+            filters = svc.get("filters")
+            vip = svc.get("vip")
+            vip_addr = _parse_address(vip) if isinstance(vip, str) else None
+            port = _int(svc.get("port"), 0, 65535)
+            proto = _choice(svc, "protocol", DEFAULT_PROTOCOL, ("tcp", "udp", "sctp"))
+            if (not filters and isinstance(vip_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+                    and port is not None and proto is not None):
+                key = (vip_addr, port, proto)
+                first = endpoints.setdefault(key, i)
+                if first != i:
+                    other = services[first].get("name")
+                    self.add(p, f"service {label} uses {_hostport(vip_addr, port)}/{proto} like service "
+                                f"{other!r} (line {self.lines.line(('services', first))}); a VIP, port "
+                                "and protocol belong to one service (allowed: another port or "
+                                "protocol, or filters)")
+            mark = _int(svc.get("fwmark"), 1, 0xFFFFFFFF) if "fwmark" in svc else None
+            if mark is not None:
+                first = marks.setdefault(mark, i)
+                if first != i:
+                    other = services[first].get("name")
+                    self.add(p + ("fwmark",), f"fwmark {mark} is already used by service {other!r} "
+                                              f"(line {self.lines.line(('services', first, 'fwmark'))}); "
+                                              "each service needs its own fwmark")
+
+
+def semantic_issues(data: object, lines: LineMap) -> list[Issue]:
+    """Stage 2: rules the schema cannot express. Values the schema rejected are skipped."""
+    checker = _Semantics(lines)
+    if isinstance(data, dict) and isinstance(data.get("services"), list):
+        checker.services(data["services"])
+    return checker.issues
