@@ -1,0 +1,399 @@
+"""Render the ``inet pask`` nftables table (libnftables JSON) from the model.
+
+Pure: no nftables import, no kernel. The backend loads the result in one
+transaction (see backend/nft.py), so this module only has to say *what* the
+table holds. Layout (every part only when some service needs it):
+
+* ``prerouting`` (filter, priority mangle): dispatches packets to one regular
+  chain per filtered service, in config order. A service chain returns on its
+  exclude rules first, then its include rules set ``meta mark`` to the
+  service's fwmark, copy it to ``ct mark`` and accept (first service wins).
+  Runs of services whose include filters are all exact (host dst, protocol,
+  one dst port) and do not overlap are dispatched by one verdict map lookup
+  instead of a jump per service, so packets cost O(1) at thousands of services.
+* ``postrouting`` (nat, priority srcnat): both-NAT and LAN-to-LAN SNAT of the
+  traffic IPVS sends to the real servers, matched by the conntrack's original
+  tuple (IPVS rewrites the packet itself). fwmark services are found by
+  ``ct mark`` in named maps; VIP services by a verdict map on the original
+  destination to one small chain per VIP (nft 1.0.6 cannot put
+  ``ct original proto-dst`` into a concatenated map key).
+
+Named sets/maps keep loading linear at 4096 services (kernel-notes: one
+anonymous map per service grows superlinearly).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from ..kernel import NFT_FAMILY, NFT_TABLE, NftTable, canonical_ip
+from ..model import Filter, FilterAction, NatMode, PortRange, Service
+
+PRIO_MANGLE = -150
+PRIO_SRCNAT = 100
+CHAIN_PREROUTING = "prerouting"
+CHAIN_POSTROUTING = "postrouting"
+SERVICE_CHAIN_PREFIX = "svc_"
+_NAME_MAX = 48            # of the sanitized service part; nft allows 255, listings stay readable
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass(frozen=True)
+class _Fam:
+    """The per-address-family spellings of the same match."""
+
+    version: int
+    nfproto: str          # meta nfproto value
+    payload: str          # payload protocol for saddr/daddr
+    addr_type: str        # set/map type
+    nat: str              # snat statement family
+
+    @property
+    def ct_daddr(self) -> dict:
+        return {"ct": {"key": f"{self.payload} daddr", "dir": "original"}}
+
+
+V4 = _Fam(4, "ipv4", "ip", "ipv4_addr", "ip")
+V6 = _Fam(6, "ipv6", "ip6", "ipv6_addr", "ip6")
+
+
+def _fam(version: int) -> _Fam:
+    return V4 if version == 4 else V6
+
+
+# -- JSON expression helpers ---------------------------------------------------
+
+def _match(left: dict, right: object) -> dict:
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _payload(proto: str, fld: str) -> dict:
+    return {"payload": {"protocol": proto, "field": fld}}
+
+
+def _meta(key: str) -> dict:
+    return {"meta": {"key": key}}
+
+
+_COUNTER = {"counter": None}
+_ACCEPT = {"accept": None}
+_RETURN = {"return": None}
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _network(text: str, fam: _Fam, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    net = _parse_network(text)
+    if net.version != fam.version:
+        raise ValueError(f"{what} {text!r} is IPv{net.version}, the service is IPv{fam.version}")
+    return net
+
+
+def _addr_value(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> object:
+    """A host as plain text, a network as an nft prefix."""
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _port_value(ports: PortRange) -> object:
+    return ports.low if ports.low == ports.high else {"range": [ports.low, ports.high]}
+
+
+def _nets_value(nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> object:
+    return _addr_value(nets[0]) if len(nets) == 1 else {"set": [_addr_value(n) for n in nets]}
+
+
+def _collapse(texts: Sequence[str], fam: _Fam, what: str) -> list:
+    """Overlapping networks would be 'conflicting intervals' in an interval map."""
+    return list(ipaddress.collapse_addresses(_network(t, fam, what) for t in texts))
+
+
+# -- names -------------------------------------------------------------------
+
+def service_chain_names(names: Sequence[str]) -> dict[str, str]:
+    """Service name -> chain name: ``svc_`` + the name made safe for nft.
+
+    A name that had to change (unsafe characters, too long) gets a short hash
+    of the original so that ``web-1``/``web_1``/``web.1`` stay apart; any
+    remaining clash gets a counter, in config order.
+    """
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for name in names:
+        safe = _SAFE.sub("_", name)[:_NAME_MAX]
+        if safe != name:
+            safe += "_" + hashlib.sha256(name.encode()).hexdigest()[:6]
+        chain = SERVICE_CHAIN_PREFIX + safe
+        n = 2
+        while chain in used:
+            chain = f"{SERVICE_CHAIN_PREFIX}{safe}_{n}"
+            n += 1
+        used.add(chain)
+        out[name] = chain
+    return out
+
+
+def _vip_chain_name(fam: _Fam, vip: str) -> str:
+    return f"snat{fam.version}_" + vip.replace(".", "_").replace(":", "_")
+
+
+# -- builder -----------------------------------------------------------------
+
+@dataclass
+class _Builder:
+    """Collects objects in the order a transaction needs: chains before the
+    maps whose elements jump to them, maps before the rules that use them."""
+
+    chains: list[dict] = field(default_factory=list)
+    sets: list[dict] = field(default_factory=list)
+    rules: list[dict] = field(default_factory=list)
+
+    def _obj(self, **kw: object) -> dict:
+        return {"family": NFT_FAMILY, "table": NFT_TABLE, **kw}
+
+    def chain(self, name: str, base: tuple[str, str, int] | None = None) -> None:
+        obj = self._obj(name=name)
+        if base:
+            kind, hook, prio = base
+            obj.update(type=kind, hook=hook, prio=prio, policy="accept")
+        self.chains.append({"add": {"chain": obj}})
+
+    def set(self, name: str, type_: object, elems: list, flags: Sequence[str] = ()) -> None:
+        obj = self._obj(name=name, type=type_, elem=elems)
+        if flags:
+            obj["flags"] = list(flags)
+        self.sets.append({"add": {"set": obj}})
+
+    def map(self, name: str, type_: object, data: str, elems: list, flags: Sequence[str] = ()) -> None:
+        obj = self._obj(name=name, type=type_, map=data, elem=elems)
+        if flags:
+            obj["flags"] = list(flags)
+        self.sets.append({"add": {"map": obj}})
+
+    def rule(self, chain: str, *expr: dict) -> None:
+        self.rules.append({"add": {"rule": self._obj(chain=chain, expr=list(expr))}})
+
+    def commands(self) -> list[dict]:
+        table = {"add": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}}
+        return [table, *self.chains, *self.sets, *self.rules]
+
+
+# -- filters (prerouting) ------------------------------------------------------
+
+def filter_matches(f: Filter, svc: Service) -> list[dict]:
+    """The match expressions of one filter; a field left out matches anything.
+    Ports need a protocol: the filter's, else the service's."""
+    fam = _fam(svc.family)
+    proto = f.protocol.value if f.protocol else None
+    if proto is None and (f.src_port or f.dst_port):
+        proto = svc.protocol.value
+    out: list[dict] = []
+    if f.src:
+        out.append(_match(_payload(fam.payload, "saddr"), _addr_value(_network(f.src, fam, "filter src"))))
+    if f.dst:
+        out.append(_match(_payload(fam.payload, "daddr"), _addr_value(_network(f.dst, fam, "filter dst"))))
+    if proto:
+        out.append(_match(_meta("l4proto"), proto))
+    if f.src_port:
+        out.append(_match(_payload("th", "sport"), _port_value(f.src_port)))
+    if f.dst_port:
+        out.append(_match(_payload("th", "dport"), _port_value(f.dst_port)))
+    return out
+
+
+_Key = tuple[int, str, str, int]   # (family, host dst, protocol, dst port)
+
+
+def dispatch_keys(svc: Service) -> list[_Key] | None:
+    """The exact (dst, proto, port) keys that cover every include filter of
+    ``svc``, or None when some include is broader (then it gets a jump of its own)."""
+    keys: list[_Key] = []
+    for f in svc.filters:
+        if f.action is not FilterAction.INCLUDE:
+            continue
+        if not f.dst or not f.dst_port or f.dst_port.low != f.dst_port.high:
+            return None
+        net = _parse_network(f.dst)
+        if net.prefixlen != net.max_prefixlen:
+            return None
+        proto = (f.protocol or svc.protocol).value
+        key = (net.version, str(net.network_address), proto, f.dst_port.low)
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def _render_filters(b: _Builder, services: Sequence[Service], marks: Mapping[str, int],
+                    chains: Mapping[str, str]) -> None:
+    b.chain(CHAIN_PREROUTING, ("filter", "prerouting", PRIO_MANGLE))
+    for svc in services:
+        chain = chains[svc.name]
+        mark = marks[svc.name]
+        b.chain(chain)
+        excludes = [f for f in svc.filters if f.action is FilterAction.EXCLUDE]
+        includes = [f for f in svc.filters if f.action is FilterAction.INCLUDE]
+        for f in excludes:
+            b.rule(chain, *filter_matches(f, svc), _COUNTER, _RETURN)
+        for f in includes:
+            b.rule(chain, *filter_matches(f, svc), _COUNTER,
+                   {"mangle": {"key": _meta("mark"), "value": mark}},
+                   {"mangle": {"key": {"ct": {"key": "mark"}}, "value": _meta("mark")}},
+                   _ACCEPT)
+
+    # Dispatch in config order. A run of exact, pairwise disjoint services is
+    # one verdict-map lookup: no packet can match two of them, so their order
+    # inside the run does not matter.
+    group: dict[_Key, str] = {}
+    groups = 0
+
+    def flush() -> None:
+        nonlocal groups
+        for fam in (V4, V6):
+            elems = [[{"concat": [addr, proto, port]}, {"jump": {"target": chain}}]
+                     for (ver, addr, proto, port), chain in group.items() if ver == fam.version]
+            if not elems:
+                continue
+            name = f"dispatch{fam.version}_{groups}"
+            b.map(name, [fam.addr_type, "inet_proto", "inet_service"], "verdict", elems)
+            key = {"concat": [_payload(fam.payload, "daddr"), _meta("l4proto"), _payload("th", "dport")]}
+            b.rule(CHAIN_PREROUTING, {"vmap": {"key": key, "data": "@" + name}})
+        if group:
+            groups += 1
+            group.clear()
+
+    for svc in services:
+        keys = dispatch_keys(svc)
+        if keys is None:
+            flush()
+            fam = _fam(svc.family)
+            b.rule(CHAIN_PREROUTING, _match(_meta("nfproto"), fam.nfproto),
+                   {"jump": {"target": chains[svc.name]}})
+            continue
+        if any(k in group for k in keys):
+            flush()
+        for k in keys:
+            group[k] = chains[svc.name]
+    flush()
+
+
+# -- SNAT (postrouting) ----------------------------------------------------------
+
+def _snat(fam: _Fam, addr: object) -> dict:
+    return {"snat": {"family": fam.nat, "addr": addr}}
+
+
+def _orig_port(svc: Service) -> list[dict]:
+    """Match the service's VIP port on the original tuple (IPVS already
+    rewrote the packet); nft needs the l4proto to type the port."""
+    out = [_match(_meta("l4proto"), svc.protocol.value)]
+    if svc.port:
+        out.append(_match({"ct": {"key": "proto-dst", "dir": "original"}}, svc.port))
+    return out
+
+
+def _render_snat(b: _Builder, services: Sequence[Service], marks: Mapping[str, int]) -> None:
+    post = CHAIN_POSTROUTING
+    b.chain(post, ("nat", "postrouting", PRIO_SRCNAT))
+
+    # fwmark services: by ct mark (set in prerouting) in named maps.
+    for fam in (V4, V6):
+        both = [[marks[s.name], canonical_ip(s.snat_ip)] for s in services
+                if s.uses_fwmark and s.family == fam.version and s.nat_mode is NatMode.BOTH_NAT]
+        if both:
+            name = f"snat_mark{fam.version}"
+            b.map(name, "mark", fam.addr_type, both)
+            b.rule(post, _match(_meta("nfproto"), fam.nfproto),
+                   _snat(fam, {"map": {"key": {"ct": {"key": "mark"}}, "data": "@" + name}}))
+    for fam in (V4, V6):
+        l2l = [[{"concat": [_addr_value(net), marks[s.name]]}, canonical_ip(s.vip)]
+               for s in services
+               if s.uses_fwmark and s.family == fam.version and s.nat_mode is NatMode.LAN_TO_LAN
+               for net in _collapse(s.local_networks, fam, "local network")]
+        if l2l:
+            name = f"l2l_mark{fam.version}"
+            b.map(name, [fam.addr_type, "mark"], fam.addr_type, l2l, flags=["interval"])
+            key = {"concat": [_payload(fam.payload, "saddr"), {"ct": {"key": "mark"}}]}
+            b.rule(post, _match(_meta("nfproto"), fam.nfproto),
+                   _snat(fam, {"map": {"key": key, "data": "@" + name}}))
+
+    # VIP services: per VIP, a chain with one rule per service (ports first:
+    # IPVS prefers VIP:port over the all-ports VIP:0 service).
+    by_vip: dict[tuple[int, str], list[Service]] = {}
+    for s in services:
+        if not s.uses_fwmark:
+            by_vip.setdefault((s.family, canonical_ip(s.vip)), []).append(s)
+    vmaps: dict[int, list] = {4: [], 6: []}
+    for (version, vip), svcs in by_vip.items():
+        if not any(s.nat_mode.needs_snat for s in svcs):
+            continue
+        fam = _fam(version)
+        chain = _vip_chain_name(fam, vip)
+        b.chain(chain)
+        vmaps[version].append([vip, {"jump": {"target": chain}}])
+        all_ports_snat = {s.protocol for s in svcs if s.port == 0 and s.nat_mode.needs_snat}
+        for s in sorted(svcs, key=lambda s: s.port == 0):
+            if s.nat_mode is NatMode.BOTH_NAT:
+                b.rule(chain, *_orig_port(s), _COUNTER, _snat(fam, canonical_ip(s.snat_ip)))
+                continue
+            if s.nat_mode is NatMode.LAN_TO_LAN:
+                nets = _collapse(s.local_networks, fam, "local network")
+                b.rule(chain, *_orig_port(s), _match(_payload(fam.payload, "saddr"), _nets_value(nets)),
+                       _COUNTER, _snat(fam, vip))
+            if s.port and s.protocol in all_ports_snat:
+                # This port is another service's: keep the all-ports SNAT off it.
+                b.rule(chain, *_orig_port(s), _ACCEPT)
+
+    fw_marks = sorted({marks[s.name] for s in services if s.uses_fwmark})
+    if fw_marks and (vmaps[4] or vmaps[6]):
+        # A connection IPVS gave to an fwmark service is not the VIP service's.
+        b.set("marks", "mark", fw_marks)
+        b.rule(post, _match({"ct": {"key": "mark"}}, "@marks"), _ACCEPT)
+    for fam in (V4, V6):
+        if vmaps[fam.version]:
+            name = f"snat_vip{fam.version}"
+            b.map(name, fam.addr_type, "verdict", vmaps[fam.version])
+            b.rule(post, {"vmap": {"key": fam.ct_daddr, "data": "@" + name}})
+
+
+# -- entry point ---------------------------------------------------------------
+
+def render_table(services: Sequence[Service], fwmarks: Mapping[str, int]) -> NftTable | None:
+    """The whole ``inet pask`` table for ``services``, or None when no service
+    needs nftables (no filters, no both-NAT / LAN-to-LAN).
+
+    ``fwmarks`` maps a filtered service's name to its IPVS fwmark (an explicit
+    ``Service.fwmark`` is used when the name is missing). The table comment is
+    not part of it: the backend stores ``NftTable.digest`` when it loads it.
+    """
+    filtered = [s for s in services if s.uses_fwmark]
+    snat = [s for s in services if s.nat_mode.needs_snat]
+    if not filtered and not snat:
+        return None
+    marks: dict[str, int] = {}
+    for s in filtered:
+        mark = fwmarks.get(s.name, s.fwmark)
+        if not mark:
+            raise ValueError(f"service {s.name!r} has filters but no fwmark")
+        marks[s.name] = mark
+    for s in snat:
+        if s.nat_mode is NatMode.BOTH_NAT:
+            if not s.snat_ip:
+                raise ValueError(f"service {s.name!r} is both-nat without snat_ip")
+            _network(s.snat_ip, _fam(s.family), f"service {s.name!r} snat_ip")
+        if s.nat_mode is NatMode.LAN_TO_LAN and not s.local_networks:
+            raise ValueError(f"service {s.name!r} is lan-to-lan without local_networks")
+    b = _Builder()
+    if filtered:
+        _render_filters(b, filtered, marks, service_chain_names([s.name for s in filtered]))
+    if snat:
+        _render_snat(b, services, marks)
+    return NftTable.from_commands(b.commands())
