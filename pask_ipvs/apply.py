@@ -189,3 +189,25 @@ def next_state(previous: PaskState, desired: Desired, fwmarks: dict[str, int],
         vips=sorted(desired.vips),
         draining=dict(plan.draining),
     )
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    result: ApplyResult | None          # None: nothing to do
+    remaining: Plan                     # what verify still found (empty = verified)
+    state: PaskState                    # the state file to write
+
+
+def reconcile(desired: Desired, observed: Observed, state: PaskState, fwmarks: dict[str, int],
+              backends: Backends, *, now: float | None = None, drain_timeout: int = 0,
+              progress: Progress | None = None, plan: Plan | None = None) -> Outcome:
+    """One pask-apply run after observe: plan (unless given), execute, verify, next state."""
+    now = time.time() if now is None else now
+    if plan is None:
+        plan = diff(desired, observed, state, now=now, drain_timeout=drain_timeout)
+    result = execute(plan, backends, progress=progress) if plan.changed else None
+    interim = next_state(state, desired, fwmarks, plan, result)
+    remaining, after = verify(desired, backends, interim, now=now, drain_timeout=drain_timeout)
+    return Outcome(plan, result, remaining,
+                   next_state(state, desired, fwmarks, plan, result, after))

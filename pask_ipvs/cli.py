@@ -82,12 +82,12 @@ class _Out:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    from .apply import execute, next_state, observe, preflight, verify
+    from .apply import observe, preflight, reconcile
     from .backend.base import BackendError
     from .desired import expand
     from .errors import ConfigError
     from .load import load_config
-    from .plan import Plan, diff
+    from .plan import diff
     from .render.text import op_json, plan_text
     from .state import allocate_fwmarks, load_health, load_state, locked, save_state
 
@@ -140,11 +140,10 @@ def run_apply(args: argparse.Namespace) -> int:
             if dry_run:
                 return finish(EXIT_CHANGES if args.detailed_exitcode and plan.changed else EXIT_OK)
 
-            result = execute(plan, backends, progress=out.progress if not args.quiet else None) \
-                if plan.changed else None
-            remaining, after = verify(desired, backends, state, drain_timeout=config.drain_timeout)
-            new_state = next_state(state, desired, fwmarks, plan, result, after)
-            save_state(args.state_file, new_state)
+            outcome = reconcile(desired, observed, state, fwmarks, backends, plan=plan,
+                                drain_timeout=config.drain_timeout,
+                                progress=None if args.quiet else out.progress)
+            save_state(args.state_file, outcome.state)
     except BlockingIOError:
         return fail([f"{args.state_file}: another pask-apply is running (lock held)"])
     except OSError as e:
@@ -152,6 +151,7 @@ def run_apply(args: argparse.Namespace) -> int:
     except ValueError as e:  # corrupt state or health file
         return fail([str(e)])
 
+    result, remaining = outcome.result, outcome.remaining
     if result is not None and not result.ok:
         msgs = [f"apply failed: {e}" for e in result.errors]
         if result.rolled_back:
