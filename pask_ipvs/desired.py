@@ -12,7 +12,6 @@ from typing import Mapping
 
 from .kernel import (
     FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, Desired, IpvsDest, IpvsService, ServiceKey, VipAddress,
-    canonical_ip,
 )
 from .model import Config, NatMode, OnFailure, ServerState, Service
 from .state import health_key
@@ -37,7 +36,8 @@ def kernel_scheduler(name: str) -> tuple[str, frozenset[str]]:
 def service_key(svc: Service, fwmarks: Mapping[str, int]) -> ServiceKey:
     if svc.uses_fwmark:
         return ServiceKey.mark(fwmarks[svc.name], svc.family)
-    return ServiceKey.virtual(svc.protocol.value, svc.vip, svc.port)
+    # build_model already canonicalised the addresses
+    return ServiceKey(svc.protocol.value, svc.vip, svc.port, 0, svc.family)
 
 
 def persistence_prefix(svc: Service) -> int:
@@ -122,10 +122,10 @@ def expand(config: Config, fwmarks: Mapping[str, int],
             if weight is None:
                 continue
             port = rs.port if (rs.explicit_port or not svc.uses_fwmark) else 0
-            dest = IpvsDest(key, canonical_ip(rs.address), port, fwd, weight)
+            dest = IpvsDest(key, rs.address, port, fwd, weight)
             desired.dests[dest.key] = dest
         if config.vip_interface:
-            vips.add(VipAddress(config.vip_interface, canonical_ip(svc.vip),
+            vips.add(VipAddress(config.vip_interface, svc.vip,
                                 128 if svc.family == 6 else 32))
     desired.vips = frozenset(vips)
     desired.schedulers = frozenset(schedulers)
