@@ -1,0 +1,341 @@
+"""`pask realserver`: plans, idempotence, dry run, undo and errors on a fake host; the real
+backend in a network namespace of this host (root, marked netns)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pask_ipvs.backend.realserver_host import FakeRealServerHost
+from pask_ipvs.kernel import VipAddress
+from pask_ipvs.realserver import (
+    DOWN_NOTE, HostObserved, RealServerError, parse_vips, plan_down, plan_up, required_sysctls, run,
+    warnings_for,
+)
+
+VIP, VIP2 = "10.99.100.1", "10.99.100.2"
+
+
+def call(host: FakeRealServerHost, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run(list(argv), lambda: host, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def call_json(host: FakeRealServerHost, *argv: str) -> tuple[int, dict]:
+    code, out, _ = call(host, *argv, "--format", "json")
+    return code, json.loads(out)
+
+
+# -- pure planning ----------------------------------------------------------------
+
+def test_l2_plan_on_a_fresh_namespace_orders_sysctls_before_the_vip():
+    host = FakeRealServerHost()
+    plan = plan_up("l2-dsr", [VIP], host.observe(required_sysctls("l2-dsr")))
+    assert [(op.action, op.kind, op.key, op.after) for op in plan.ops] == [
+        ("set", "link", "lo", "up"),
+        ("set", "sysctl", "net.ipv4.conf.all.arp_ignore", "1"),
+        ("set", "sysctl", "net.ipv4.conf.all.arp_announce", "2"),
+        ("set", "sysctl", "net.ipv4.conf.lo.arp_ignore", "1"),
+        ("set", "sysctl", "net.ipv4.conf.lo.arp_announce", "2"),
+        ("add", "address", "10.99.100.1/32 dev lo", VipAddress("lo", VIP, 32)),
+    ]
+
+
+def test_l3_plan_loads_ipip_first_and_puts_the_vip_on_tunl0():
+    host = FakeRealServerHost()
+    plan = plan_up("l3-dsr", [VIP], host.observe(required_sysctls("l3-dsr")))
+    kinds = [(op.kind, op.key) for op in plan.ops]
+    assert kinds[0] == ("module", "ipip")
+    assert ("link", "tunl0") in kinds and ("link", "lo") not in kinds
+    assert ("sysctl", "net.ipv4.conf.tunl0.rp_filter") in kinds
+    assert ("sysctl", "net.ipv4.conf.all.rp_filter") in kinds
+    assert kinds[-1] == ("address", "10.99.100.1/32 dev tunl0")
+    tunl0_up = [op for op in plan.ops if op.kind == "link"][0]
+    assert tunl0_up.before is None  # tunl0 does not exist until ipip is loaded
+
+
+def test_l3_plan_skips_modprobe_when_tunl0_exists():
+    host = FakeRealServerHost(ipip_loaded=True)
+    plan = plan_up("l3-dsr", [VIP], host.observe(required_sysctls("l3-dsr")))
+    assert "module" not in [op.kind for op in plan.ops]
+    assert [op for op in plan.ops if op.kind == "link"][0].before == "down"
+
+
+def test_plan_is_empty_when_the_host_is_ready():
+    ready = HostObserved({"lo": True}, frozenset({VipAddress("lo", VIP, 32)}),
+                         required_sysctls("l2-dsr"))
+    assert not plan_up("l2-dsr", [VIP], ready).changed
+
+
+def test_down_removes_only_the_vips_and_by_default_from_lo_and_tunl0():
+    have = frozenset({VipAddress("lo", VIP, 32), VipAddress("tunl0", VIP, 32),
+                      VipAddress("lo", "127.0.0.1", 8), VipAddress("tunl0", VIP2, 32)})
+    observed = HostObserved({"lo": True, "tunl0": True}, have, {})
+    assert [op.key for op in plan_down([VIP], observed).ops] == [
+        "10.99.100.1/32 dev lo", "10.99.100.1/32 dev tunl0"]
+    assert [op.key for op in plan_down([VIP], observed, "l3-dsr").ops] == ["10.99.100.1/32 dev tunl0"]
+    assert all(op.action == "delete" and op.kind == "address" for op in plan_down([VIP], observed).ops)
+
+
+def test_parse_vips_canonicalises_dedupes_and_rejects_bad_input():
+    assert parse_vips(["10.99.100.1", "10.99.100.1/32", "10.99.100.2"]) == (VIP, VIP2)
+    with pytest.raises(RealServerError) as e:
+        parse_vips(["10.99.100.300", "fd00::1", "10.99.100.0/24"])
+    msg = str(e.value)
+    assert "10.99.100.300" in msg and "IPv6" in msg and "10.99.100.0/24" in msg
+
+
+def test_a_vip_on_another_link_is_a_warning():
+    observed = HostObserved({"lo": True, "eth0": True}, frozenset({VipAddress("eth0", VIP, 24)}), {})
+    (w,) = warnings_for("l2-dsr", [VIP], observed)
+    assert "eth0" in w and "ARP" in w
+    assert warnings_for("l2-dsr", [VIP2], observed) == []
+
+
+# -- the command on a fake host -------------------------------------------------------
+
+def test_up_l2_applies_then_second_run_changes_nothing():
+    host = FakeRealServerHost()
+    code, out, err = call(host, "up", "--vip", VIP, "--mode", "l2-dsr", "--detailed-exitcode")
+    assert code == 2, err
+    assert "+ address 10.99.100.1/32 dev lo" in out
+    assert "~ sysctl net.ipv4.conf.all.arp_ignore = 1 (was 0)" in out
+    assert "~ link lo up (was down)" in out
+    assert "Applied and verified" in out
+    assert VipAddress("lo", VIP, 32) in host.addresses and host.links["lo"]
+    assert all(host.sysctls[k] == v for k, v in required_sysctls("l2-dsr").items())
+
+    before = list(host.changes)
+    code, out, err = call(host, "up", "--vip", VIP, "--mode", "l2-dsr", "--detailed-exitcode")
+    assert code == 0 and host.changes == before
+    assert out.startswith("No changes: this real server is ready for l2-dsr")
+
+
+def test_up_without_detailed_exitcode_exits_0_on_changes():
+    host = FakeRealServerHost()
+    assert call(host, "up", "--vip", VIP, "--mode", "l2-dsr")[0] == 0
+    assert VipAddress("lo", VIP, 32) in host.addresses
+
+
+def test_up_l3_loads_ipip_and_configures_tunl0():
+    host = FakeRealServerHost()
+    code, report = call_json(host, "up", "--vip", VIP, "--vip", VIP2, "--mode", "l3-dsr",
+                             "--detailed-exitcode")
+    assert code == 2, report["errors"]
+    assert host.changes[0] == "modprobe ipip"
+    assert host.links["tunl0"] is True
+    assert host.sysctls["net.ipv4.conf.tunl0.rp_filter"] == "0"
+    assert host.sysctls["net.ipv4.conf.all.rp_filter"] == "0"
+    assert {VipAddress("tunl0", VIP, 32), VipAddress("tunl0", VIP2, 32)} <= host.addresses
+    assert report["changed"] is True and report["verified"] is True and report["drift"] == []
+    assert report["counts"]["add"] == 3 and report["vips"] == [VIP, VIP2]
+    assert report["ops"][0] == {"action": "add", "kind": "module", "key": "ipip", "service": None,
+                                "before": None, "after": "ipip", "reason": "creates tunl0"}
+    address_op = report["ops"][-1]
+    assert address_op["after"] == {"interface": "tunl0", "addr": VIP2, "prefixlen": 32}
+    assert report["plan_text"].endswith("Plan: 3 to add, 5 to change, 0 to delete.\n")
+
+    code, report = call_json(host, "up", "--vip", VIP, "--vip", VIP2, "--mode", "l3-dsr",
+                             "--detailed-exitcode")
+    assert code == 0 and report["changed"] is False and report["ops"] == []
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing():
+    host = FakeRealServerHost(root=False)   # a dry run needs no root
+    code, out, err = call(host, "up", "--vip", VIP, "--mode", "l3-dsr", "--dry-run",
+                          "--detailed-exitcode")
+    assert code == 2, err
+    assert "+ module ipip (creates tunl0)" in out
+    assert "~ link tunl0 up (was absent)" in out
+    assert "+ address 10.99.100.1/32 dev tunl0" in out
+    assert "Dry run: nothing was changed." in out
+    assert host.changes == [] and "tunl0" not in host.links
+    code, report = call_json(host, "up", "--vip", VIP, "--mode", "l3-dsr", "--dry-run")
+    assert code == 0 and report["dry_run"] is True and report["verified"] is None
+    assert host.changes == []
+
+
+def test_down_undoes_up_and_leaves_sysctls():
+    host = FakeRealServerHost()
+    call(host, "up", "--vip", VIP, "--mode", "l2-dsr")
+    sysctls = dict(host.sysctls)
+    code, out, _ = call(host, "down", "--vip", VIP, "--detailed-exitcode")
+    assert code == 2
+    assert "- address 10.99.100.1/32 dev lo" in out and DOWN_NOTE in out
+    assert VipAddress("lo", VIP, 32) not in host.addresses
+    assert host.sysctls == sysctls and host.links["lo"] is True
+    code, out, _ = call(host, "down", "--vip", VIP, "--detailed-exitcode")
+    assert code == 0 and out.startswith("No changes: 10.99.100.1 no longer on lo or tunl0.")
+
+
+def test_down_with_mode_leaves_the_other_interface():
+    host = FakeRealServerHost()
+    call(host, "up", "--vip", VIP, "--mode", "l2-dsr")
+    call(host, "up", "--vip", VIP, "--mode", "l3-dsr")
+    code, report = call_json(host, "down", "--vip", VIP, "--mode", "l3-dsr")
+    assert code == 0 and [op["key"] for op in report["ops"]] == ["10.99.100.1/32 dev tunl0"]
+    assert report["notes"] == [DOWN_NOTE]
+    assert VipAddress("lo", VIP, 32) in host.addresses
+
+
+def test_not_root_is_a_clear_error_and_changes_nothing():
+    host = FakeRealServerHost(root=False)
+    code, out, err = call(host, "up", "--vip", VIP, "--mode", "l2-dsr")
+    assert code == 1
+    assert "must run as root" in err and "--dry-run" in err
+    assert host.changes == []
+
+
+def test_not_root_with_nothing_to_do_is_fine():
+    host = FakeRealServerHost(root=False)
+    code, _, err = call(host, "down", "--vip", VIP, "--detailed-exitcode")
+    assert code == 0, err
+
+
+def test_missing_ipip_module_is_a_clear_error():
+    host = FakeRealServerHost(ipip_available=False)
+    code, report = call_json(host, "up", "--vip", VIP, "--mode", "l3-dsr")
+    assert code == 1
+    (msg,) = report["errors"]
+    assert "modprobe ipip" in msg and "Module ipip not found" in msg and "l3-dsr needs" in msg
+    assert msg.endswith("nothing was changed")
+    assert VipAddress("tunl0", VIP, 32) not in host.addresses
+
+
+def test_ipip_loaded_but_no_tunl0_in_this_netns_names_the_sysctl():
+    host = FakeRealServerHost(tunnel_in_netns=False)
+    code, _, err = call(host, "up", "--vip", VIP, "--mode", "l3-dsr")
+    assert code == 1
+    assert "tunl0 does not exist" in err and "fb_tunnels_only_for_init_net" in err
+    assert "the 1 op(s) before it were applied" in err      # modprobe ipip
+
+
+class _StuckSysctlHost(FakeRealServerHost):
+    """A kernel that accepts the write but keeps the old value (e.g. a sysctl reverted by another agent)."""
+
+    def write_sysctl(self, key: str, value: str) -> None:
+        if key == "net.ipv4.conf.all.arp_ignore":
+            return
+        super().write_sysctl(key, value)
+
+
+def test_verify_reports_drift_after_apply():
+    code, report = call_json(_StuckSysctlHost(), "up", "--vip", VIP, "--mode", "l2-dsr")
+    assert code == 1 and report["verified"] is False
+    assert [op["key"] for op in report["drift"]] == ["net.ipv4.conf.all.arp_ignore"]
+    assert "verify" in report["errors"][0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["up", "--vip", VIP],                                  # --mode is required for up
+    ["up", "--vip", VIP, "--mode", "l4-dsr"],
+    ["sideways", "--vip", VIP],
+    ["up", "--mode", "l2-dsr"],                            # --vip is required
+])
+def test_usage_errors_exit_1_not_2(argv, capsys):
+    code, _, _ = call(FakeRealServerHost(), *argv)
+    assert code == 1
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_bad_vip_is_exit_1_and_nothing_changes():
+    host = FakeRealServerHost()
+    code, _, err = call(host, "up", "--vip", "fd00::1", "--mode", "l2-dsr")
+    assert code == 1 and "IPv6" in err and host.changes == []
+
+
+def test_a_vip_on_eth0_is_warned_about_on_stderr():
+    host = FakeRealServerHost()
+    host.links["eth0"] = True
+    host.addresses.add(VipAddress("eth0", VIP, 24))
+    code, report = call_json(host, "up", "--vip", VIP, "--mode", "l2-dsr")
+    assert code == 0 and "eth0" in report["warnings"][0]
+
+
+def test_pask_umbrella_dispatches_realserver(monkeypatch, capsys):
+    from pask_ipvs import cli, realserver
+
+    host = FakeRealServerHost()
+    monkeypatch.setattr(realserver, "_linux_host", lambda: host)
+    assert cli.main(["realserver", "up", "--vip", VIP, "--mode", "l2-dsr",
+                     "--detailed-exitcode"]) == 2
+    assert VipAddress("lo", VIP, 32) in host.addresses
+    assert "Applied and verified" in capsys.readouterr().out
+
+
+# -- the real backend, in a network namespace of this host (root; no VM needed) -------------
+
+def _netns_realserver(ns: str, *args: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "pask_ipvs.cli", "realserver",
+                           *args], capture_output=True, text=True, timeout=120, cwd=root)
+
+
+@pytest.fixture
+def fresh_netns():
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (it creates a network namespace): run the suite as root")
+    ns = f"pask-rs-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _ns_sysctl(ns: str, key: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/sys/" + key.replace(".", "/")],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _ns_addrs(ns: str, dev: str) -> set[str]:
+    out = subprocess.run(["ip", "-n", ns, "-j", "-4", "addr", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout
+    return {f"{a['local']}/{a['prefixlen']}" for link in json.loads(out or "[]")
+            for a in link.get("addr_info", [])}
+
+
+@pytest.mark.netns
+def test_linux_host_l2_dsr_in_a_network_namespace(fresh_netns):
+    ns = fresh_netns
+    cp = _netns_realserver(ns, "up", "--vip", VIP, "--mode", "l2-dsr", "--detailed-exitcode")
+    assert cp.returncode == 2, cp.stderr + cp.stdout
+    assert "~ link lo up (was down)" in cp.stdout and "Applied and verified" in cp.stdout
+    assert f"{VIP}/32" in _ns_addrs(ns, "lo")
+    for key, value in required_sysctls("l2-dsr").items():
+        assert _ns_sysctl(ns, key) == value, key
+
+    again = _netns_realserver(ns, "up", "--vip", VIP, "--mode", "l2-dsr", "--detailed-exitcode")
+    assert again.returncode == 0 and again.stdout.startswith("No changes"), again.stderr + again.stdout
+
+    down = _netns_realserver(ns, "down", "--vip", VIP, "--detailed-exitcode", "--format", "json")
+    assert down.returncode == 2, down.stderr + down.stdout
+    assert json.loads(down.stdout)["verified"] is True
+    assert f"{VIP}/32" not in _ns_addrs(ns, "lo")
+    assert _ns_sysctl(ns, "net.ipv4.conf.all.arp_ignore") == "1"     # down leaves sysctls
+
+
+@pytest.mark.netns
+def test_linux_host_l3_dsr_without_changing_this_hosts_kernel(fresh_netns):
+    """Loading ipip is global (it adds tunl0 to every namespace, the host's too), so
+    here it is only planned; a kernel that cannot load it gives the clear error."""
+    ns = fresh_netns
+    dry = _netns_realserver(ns, "up", "--vip", VIP, "--mode", "l3-dsr", "--dry-run", "--format", "json")
+    assert dry.returncode == 0, dry.stderr + dry.stdout
+    kinds = [(op["kind"], op["key"]) for op in json.loads(dry.stdout)["ops"]]
+    assert ("address", f"{VIP}/32 dev tunl0") in kinds
+    loaded = os.path.isdir("/sys/module/ipip")
+    assert (("module", "ipip") in kinds) is (not loaded)
+    loadable = subprocess.run(["modprobe", "-n", "-q", "ipip"], capture_output=True).returncode == 0
+    if not loaded and not loadable:
+        cp = _netns_realserver(ns, "up", "--vip", VIP, "--mode", "l3-dsr")
+        assert cp.returncode == 1
+        assert "modprobe ipip" in cp.stderr and "l3-dsr needs the ipip module" in cp.stderr, cp.stderr
+        assert _ns_addrs(ns, "lo") == set()
