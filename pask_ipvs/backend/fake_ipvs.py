@@ -1,0 +1,267 @@
+"""An in-memory IPVS table that behaves like the kernel, for unit tests and offline plans.
+
+Same protocol as IpvsNetlink, same errno for each conflict (measured on
+Debian's 6.1 kernel; kernel_conflicts() below is the table that
+tests/test_fake_ipvs.py holds the fake to and integration/test_ipvs_backend.py
+holds the kernel to):
+
+| request                                        | errno  |
+|------------------------------------------------|--------|
+| add a service that exists                      | EEXIST |
+| set / delete a missing service                 | ESRCH  |
+| add / set / delete a dest of a missing service | ESRCH  |
+| add a dest that exists                         | EEXIST |
+| set / delete a missing dest                    | ENOENT |
+| unknown scheduler (module missing)             | ENOENT |
+| lower threshold above upper threshold          | ERANGE |
+| IPv6 netmask outside 1..128                    | EINVAL |
+| dest of another family, not tunnelled          | EINVAL |
+
+Like the kernel it goes on after a failed op. Requests the real backend
+could not even encode fail here the same way (EINVAL), because the fake runs
+the same encoder over each op first. Not modelled: routing (the kernel also
+answers EINVAL for IPv4 dests in a namespace whose lo is down).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import replace
+from typing import Iterable, Sequence
+
+from ..kernel import (
+    FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestKey, DestStats, IpvsDest, IpvsObserved, IpvsService,
+    ServiceKey, Stats,
+)
+from ..plan import Op
+from . import ipvs_codec as wire
+from .base import BackendError
+from .ipvs import describe_op, errno_text
+
+# Schedulers in mainline Linux (twos since 6.2); the modules of kernel 6.1 lack twos.
+KERNEL_SCHEDULERS = frozenset(
+    {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"})
+LINUX_6_1_SCHEDULERS = KERNEL_SCHEDULERS - {"twos"}
+SCHEDNAME_MAXLEN = 16            # IP_VS_SCHEDNAME_MAXLEN, including the NUL
+NO_SCHEDULER = "none"            # the kernel accepts "none": a service that schedules nothing
+
+
+def kernel_conflicts(svc: IpvsService, dest: IpvsDest) -> dict[str, tuple[object, int]]:
+    """Conflicting requests against a table that holds ``svc`` (an IPv4 service) and
+    ``dest`` (one of its dests) -> (op, the errno Linux 6.1 answers). The unit tests
+    hold the fake to this table and the VM integration test holds the kernel to it."""
+    other_key = replace(svc.key, addr="10.99.255.254")
+    other_svc = replace(svc, key=other_key)
+    other_dest = replace(dest, addr="10.99.255.253")
+    v6 = ServiceKey.virtual("tcp", "fd00::99", 80)
+    return {
+        "add existing service": (Op("add", "service", str(svc.key), None, svc), errno.EEXIST),
+        "set missing service": (Op("set", "service", str(other_key), other_svc, other_svc), errno.ESRCH),
+        "delete missing service": (Op("delete", "service", str(other_key), other_svc, None), errno.ESRCH),
+        "add dest to missing service": (
+            Op("add", "dest", "d", None, replace(dest, service=other_key)), errno.ESRCH),
+        "delete dest of missing service": (
+            Op("delete", "dest", "d", replace(dest, service=other_key), None), errno.ESRCH),
+        "add existing dest": (Op("add", "dest", "d", None, dest), errno.EEXIST),
+        "set missing dest": (Op("set", "dest", "d", other_dest, other_dest), errno.ENOENT),
+        "delete missing dest": (Op("delete", "dest", "d", other_dest, None), errno.ENOENT),
+        "unknown scheduler": (
+            Op("add", "service", "s", None, IpvsService(ServiceKey.virtual("tcp", "10.99.255.252", 80),
+                                                        "nosuchsched")), errno.ENOENT),
+        "lower threshold above upper": (
+            Op("add", "dest", "d", None, replace(other_dest, u_threshold=1, l_threshold=5)), errno.ERANGE),
+        "ipv6 netmask 0": (
+            Op("add", "service", "s", None, IpvsService(v6, "rr", frozenset({"persistent"}), 60, 0)),
+            errno.EINVAL),
+        "ipv6 netmask 129": (
+            Op("add", "service", "s", None, IpvsService(v6, "rr", frozenset({"persistent"}), 60, 129)),
+            errno.EINVAL),
+        "ipv6 dest in ipv4 service, not tunnelled": (
+            Op("add", "dest", "d", None, replace(dest, addr="fd00::98", fwd=FWD_MASQ)), errno.EINVAL),
+    }
+
+
+_IPVSADM_PROTO = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
+_IPVSADM_FWD = {FWD_MASQ: "-m", FWD_ROUTE: "-g", FWD_TUNNEL: "-i"}
+
+
+class FakeIpvs:
+    """IpvsBackend in memory. ``writes`` counts kernel objects written (successful
+    add/set/delete ops) so a test can assert that a no-op apply writes nothing."""
+
+    def __init__(self, *, available_schedulers: Iterable[str] = KERNEL_SCHEDULERS):
+        self.available_schedulers = frozenset(available_schedulers)
+        self.services: dict[ServiceKey, IpvsService] = {}
+        self.dests: dict[ServiceKey, dict[DestKey, IpvsDest]] = {}
+        self.service_stats: dict[ServiceKey, Stats] = {}
+        self.dest_stats: dict[DestKey, DestStats] = {}
+        self.writes = 0
+        self.applied: list[object] = []          # the ops that succeeded, in order
+        self._encoder = wire.IpvsEncoder(family=0)
+
+    # IpvsBackend ------------------------------------------------------------
+
+    def observe(self, stats: bool = False) -> IpvsObserved:
+        out = IpvsObserved()
+        for key, svc in self.services.items():
+            out.services[key] = svc
+            if stats:
+                out.service_stats[key] = self.service_stats.get(key, Stats())
+            for dkey, dest in self.dests[key].items():
+                out.dests[dkey] = dest
+                if stats:
+                    out.dest_stats[dkey] = self.dest_stats.get(dkey, DestStats())
+        return out
+
+    def apply(self, ops: Sequence[object]) -> list[BackendError]:
+        errors = []
+        for op in ops:
+            code = self._apply_one(op)
+            if code:
+                errors.append(BackendError(f"{describe_op(op)}: {errno_text(code)}", code, op))
+            else:
+                self.writes += 1
+                self.applied.append(op)
+        return errors
+
+    def missing_schedulers(self, names: Iterable[str]) -> dict[str, str]:
+        return {name: f"ip_vs_{name}" for name in sorted(set(names))
+                if name not in self.available_schedulers and name != NO_SCHEDULER}
+
+    # test helpers -----------------------------------------------------------
+
+    def seed(self, services: Iterable[IpvsService] = (), dests: Iterable[IpvsDest] = ()) -> None:
+        """Put objects in place as if someone else had (not counted in ``writes``)."""
+        for svc in services:
+            self.services[svc.key] = svc
+            self.dests.setdefault(svc.key, {})
+        for dest in dests:
+            self.dests[dest.service][dest.key] = dest
+
+    def set_conns(self, key: DestKey, active: int, inactive: int = 0, persist: int = 0) -> None:
+        old = self.dest_stats.get(key, DestStats())
+        self.dest_stats[key] = replace(old, active_conns=active, inact_conns=inactive,
+                                       persist_conns=persist)
+
+    def set_stats(self, key: ServiceKey | DestKey, stats: Stats) -> None:
+        if isinstance(key, DestKey):
+            self.dest_stats[key] = replace(self.dest_stats.get(key, DestStats()), stats=stats)
+        else:
+            self.service_stats[key] = stats
+
+    def dump(self) -> str:
+        """The table as ``ipvsadm -Sn`` prints it (its order: fwmark, family, protocol,
+        address, port; thresholds are not printed, as ipvsadm does not print them)."""
+        lines = []
+        for key in sorted(self.services, key=_service_order):
+            svc = self.services[key]
+            name = _ipvsadm_service(key)
+            line = f"-A {name} -s {svc.scheduler}"
+            if "persistent" in svc.flags:
+                line += f" -p {svc.timeout}"
+                full = wire.IPV6_BITS if key.af == 6 else wire.IPV4_BITS
+                if svc.netmask != full:
+                    mask = (str(svc.netmask) if key.af == 6 else
+                            socket.inet_ntoa(wire.U32.pack(wire.netmask_to_wire(4, svc.netmask))))
+                    line += f" -M {mask}"
+            if "one-packet" in svc.flags:
+                line += " -o"
+            sched_flags = sorted(f for f in svc.flags if f.startswith(("sh-", "mh-")))
+            if sched_flags:
+                line += " -b " + ",".join(sched_flags)
+            lines.append(line)
+            for dest in sorted(self.dests[key].values(), key=_dest_order):
+                host = f"[{dest.addr}]" if ":" in dest.addr else dest.addr
+                fwd = _IPVSADM_FWD.get(dest.fwd, dest.fwd)
+                line = f"-a {name} -r {host}:{dest.port} {fwd} -w {dest.weight}"
+                if dest.fwd == FWD_TUNNEL:
+                    line += " --tun-type ipip"
+                lines.append(line)
+        return "".join(line + "\n" for line in lines)
+
+    # the kernel's checks, in its order ---------------------------------------
+
+    def _apply_one(self, op: object) -> int:
+        """Apply one op; return 0 or the errno the kernel answers."""
+        try:
+            self._encoder.op(op, 0)        # same refusal as the real backend's encoder
+        except ValueError:
+            return errno.EINVAL
+        kind, action = op.kind, op.action   # type: ignore[attr-defined]
+        value = op.before if action == "delete" else op.after   # type: ignore[attr-defined]
+        if kind == "service":
+            return self._service(action, value)
+        return self._dest(action, value)
+
+    def _service(self, action: str, svc: IpvsService) -> int:
+        have = self.services.get(svc.key)
+        if action == "add" and have is not None:
+            return errno.EEXIST
+        if action != "add" and have is None:
+            return errno.ESRCH
+        if action == "delete":
+            del self.services[svc.key]
+            for dkey in self.dests.pop(svc.key, {}):
+                self.dest_stats.pop(dkey, None)
+            self.service_stats.pop(svc.key, None)
+            return 0
+        if len(svc.scheduler.encode()) >= SCHEDNAME_MAXLEN:
+            return errno.EINVAL          # netlink policy: longer than the kernel's name field
+        if svc.scheduler not in self.available_schedulers and svc.scheduler != NO_SCHEDULER:
+            return errno.ENOENT
+        if svc.key.af == 6 and not 1 <= svc.netmask <= wire.IPV6_BITS:
+            return errno.EINVAL
+        # store what the kernel would report back (flags normalised through the wire bits)
+        stored = replace(svc, flags=wire.flags_from_wire(
+            svc.scheduler, wire.flags_to_wire(svc.scheduler, svc.flags)))
+        self.services[svc.key] = stored
+        self.dests.setdefault(svc.key, {})
+        return 0
+
+    def _dest(self, action: str, dest: IpvsDest) -> int:
+        dests = self.dests.get(dest.service)
+        if dests is None:
+            return errno.ESRCH
+        dest_af = 6 if ":" in dest.addr else 4
+        if action != "delete" and dest_af != dest.service.af and dest.fwd != FWD_TUNNEL:
+            return errno.EINVAL
+        if action != "delete" and dest.l_threshold > dest.u_threshold:
+            return errno.ERANGE
+        have = dests.get(dest.key)
+        if action == "add":
+            if have is not None:
+                return errno.EEXIST
+            dests[dest.key] = dest
+            self.dest_stats.pop(dest.key, None)
+            return 0
+        if have is None:
+            return errno.ENOENT
+        if action == "delete":
+            del dests[dest.key]
+            self.dest_stats.pop(dest.key, None)
+        else:
+            dests[dest.key] = dest
+        return 0
+
+
+def _ipvsadm_service(key: ServiceKey) -> str:
+    if key.fwmark:
+        return f"-f {key.fwmark}" + (" -6" if key.af == 6 else "")
+    host = f"[{key.addr}]" if key.af == 6 else key.addr
+    return f"{_IPVSADM_PROTO.get(key.protocol, key.protocol)} {host}:{key.port}"
+
+
+def _service_order(key: ServiceKey) -> tuple:
+    proto = wire.PROTO_TO_WIRE.get(key.protocol, 0)
+    return (key.fwmark, key.af, proto, _addr_bytes(key.addr), key.port)
+
+
+def _dest_order(dest: IpvsDest) -> tuple:
+    return (_addr_bytes(dest.addr), dest.port)
+
+
+def _addr_bytes(addr: str) -> bytes:
+    if not addr:
+        return b""
+    return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)

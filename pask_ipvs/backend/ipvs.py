@@ -1,0 +1,383 @@
+"""The real IPVS backend: generic netlink on a stdlib socket, batched.
+
+Why not pyroute2 here: one pyroute2 IPVS call costs ~200 µs and 34k objects
+would take minutes; packing with ipvs_codec and sending hundreds of messages
+per sendmsg() takes seconds (kernel-notes "Programming IPVS fast"). The
+kernel runs every message of a buffer, goes on after a failed one and acks
+every failure even without NLM_F_ACK, so a batch asks for an ack on its last
+message only and failures are matched to ops by sequence number.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import socket
+import struct
+import subprocess
+import threading
+from typing import Callable, Iterable, Sequence
+
+from ..kernel import IpvsObserved, ServiceKey
+from . import ipvs_codec as wire
+from .base import BackendError
+
+DEFAULT_BATCH = 256              # messages per sendmsg (kernel-notes: 64..512 all fast)
+DEFAULT_DUMP_WORKERS = 1         # sockets dumping dests in parallel (see bench/ipvs_codec_bench.py)
+SERVICES_PER_DUMP_WORKER = 64    # below this many services per socket, one socket is enough
+RCVBUF_BYTES = 16 << 20          # room for a whole batch of error acks (~1 KiB of skb each)
+SNDBUF_BYTES = 4 << 20           # one sendmsg carries a whole batch
+RECV_CHUNK = 1 << 20             # a dump reply skb is at most a few pages; acks are 36 bytes
+REPLY_TIMEOUT_S = 30             # SO_RCVTIMEO: the kernel answers in ms; this only stops a hang
+MODPROBE_TIMEOUT_S = 30
+SO_SNDBUFFORCE = 32              # asm-generic/socket.h (not exported by Python's socket)
+SO_RCVBUFFORCE = 33
+SEQ_MASK = 0xFFFFFFFF            # nlmsg_seq is a u32
+_NLMSG_FLAGS_OFFSET = 6          # nlmsghdr: u32 len, u16 type, u16 flags
+_TIMEVAL = struct.Struct("@ll")
+
+
+def _open_socket() -> socket.socket:
+    """A NETLINK_GENERIC socket with large buffers and short error acks.
+
+    Blocking, with a kernel receive timeout (SO_RCVTIMEO) instead of Python's
+    settimeout(): the latter adds a poll() before every recv(), and syscalls
+    are what a big dump is made of."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, wire.NETLINK_GENERIC)
+    try:
+        sock.bind((0, 0))
+        for force, plain, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, RCVBUF_BYTES),
+                                   (SO_SNDBUFFORCE, socket.SO_SNDBUF, SNDBUF_BYTES)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, size)   # root: beyond rmem_max
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+        sock.setsockopt(wire.SOL_NETLINK, wire.NETLINK_CAP_ACK, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(REPLY_TIMEOUT_S, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Conn:
+    """One netlink socket with its own sequence numbers and receive buffer."""
+
+    def __init__(self) -> None:
+        self.sock = _open_socket()
+        self.buf = bytearray(RECV_CHUNK)
+        self._seq = 0
+
+    def reserve(self, count: int) -> int:
+        """Reserve ``count`` consecutive sequence numbers; returns the first."""
+        first = (self._seq + 1) & SEQ_MASK
+        self._seq = (self._seq + count) & SEQ_MASK
+        return first
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def recv(self) -> int:
+        try:
+            return self.sock.recv_into(self.buf)
+        except BlockingIOError:   # SO_RCVTIMEO expired
+            raise OSError(errno_mod.ETIMEDOUT, "no reply from the kernel") from None
+
+    def request(self, data: bytes, seq: int) -> wire.Header:
+        """Send one request and return the header of its reply (OSError on an error ack)."""
+        self.sock.send(data)
+        while True:
+            n = self.recv()
+            for hdr in wire.iter_messages(self.buf, n):
+                if hdr.seq != seq:
+                    continue
+                if hdr.type == wire.NLMSG_ERROR:
+                    _raise_if_error(self.buf, hdr)
+                    continue
+                return hdr
+
+    def dump(self, data: bytes, seq: int,
+             on_message: Callable[[bytearray, wire.Header], None]) -> None:
+        """Send one dump request; on_message(buf, header) for each reply until NLMSG_DONE."""
+        self.sock.send(data)
+        buf = self.buf
+        while True:
+            n = self.recv()
+            for hdr in wire.iter_messages(buf, n):
+                if hdr.seq != seq:
+                    continue
+                if hdr.type == wire.NLMSG_DONE:
+                    return
+                if hdr.type == wire.NLMSG_ERROR:
+                    _raise_if_error(buf, hdr)
+                    return
+                on_message(buf, hdr)
+
+
+def _raise_if_error(buf: bytearray, hdr: wire.Header) -> None:
+    ack = wire.decode_ack(buf, hdr)
+    if ack.errno:
+        raise OSError(ack.errno, os.strerror(ack.errno))
+
+
+def resolve_family(conn: _Conn) -> int:
+    """The IPVS generic netlink family id. Like ipvsadm, loads ip_vs once when the
+    family is missing (a fresh machine has not loaded it yet); ENOENT after that
+    means this kernel has no IPVS."""
+    for attempt in range(2):
+        seq = conn.reserve(1)
+        try:
+            hdr = conn.request(wire.encode_get_family(seq), seq)
+            return wire.decode_family_id(conn.buf, hdr)
+        except OSError as exc:
+            if exc.errno == errno_mod.ENOENT and attempt == 0 and _modprobe("ip_vs"):
+                continue
+            raise BackendError(f"IPVS generic netlink family not found ({exc.strerror}); "
+                               "this kernel has no usable ip_vs module", exc.errno or 0) from exc
+    raise AssertionError("unreachable")
+
+
+def _modprobe(module: str) -> bool:
+    """True when ``modprobe module`` succeeded (no modprobe, no module: False)."""
+    try:
+        return subprocess.run(["modprobe", "-q", module], capture_output=True,
+                              timeout=MODPROBE_TIMEOUT_S).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+class IpvsNetlink:
+    """IpvsBackend on the kernel. Sockets open on first use; close() releases them.
+
+    ``batch_size`` messages go in one sendmsg; ``ack_every`` asks the kernel to
+    ack each message instead of only the last of a batch (slower, same result);
+    ``dump_workers`` sockets read dests in parallel threads.
+    """
+
+    def __init__(self, *, batch_size: int = DEFAULT_BATCH, ack_every: bool = False,
+                 dump_workers: int = DEFAULT_DUMP_WORKERS,
+                 sys_module_dir: str = "/sys/module", modules_dir: str | None = None):
+        self.batch_size = max(1, batch_size)
+        self.ack_every = ack_every
+        self.dump_workers = max(1, dump_workers)
+        self.sys_module_dir = sys_module_dir
+        self.modules_dir = modules_dir or f"/lib/modules/{os.uname().release}"
+        self._conn: _Conn | None = None
+        self._encoder: wire.IpvsEncoder | None = None
+        self._extra: list[_Conn] = []
+
+    # plumbing -----------------------------------------------------------
+
+    def _main(self) -> tuple[_Conn, wire.IpvsEncoder]:
+        if self._conn is None or self._encoder is None:
+            conn = _Conn()
+            try:
+                family = resolve_family(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn, self._encoder = conn, wire.IpvsEncoder(family)
+        return self._conn, self._encoder
+
+    def close(self) -> None:
+        for conn in [self._conn, *self._extra]:
+            if conn is not None:
+                conn.close()
+        self._conn, self._encoder, self._extra = None, None, []
+
+    def __enter__(self) -> "IpvsNetlink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # observe --------------------------------------------------------------
+
+    def observe(self, stats: bool = False) -> IpvsObserved:
+        """One service dump, then one dest dump per service."""
+        conn, enc = self._main()
+        out = IpvsObserved()
+
+        def on_service(buf: bytearray, hdr: wire.Header) -> None:
+            svc, svc_stats = wire.decode_service(buf, hdr, stats)
+            out.services[svc.key] = svc
+            if svc_stats is not None:
+                out.service_stats[svc.key] = svc_stats
+
+        seq = conn.reserve(1)
+        try:
+            conn.dump(enc.get_services(seq), seq, on_service)
+        except OSError as exc:
+            raise BackendError(f"IPVS service dump failed: {exc.strerror}", exc.errno or 0) from exc
+
+        keys = list(out.services)
+        for dests, dest_stats in self._dump_dests(keys, stats):
+            out.dests.update(dests)              # C-speed: reuses the stored hashes
+            out.dest_stats.update(dest_stats)
+        return out
+
+    def _dump_dests(self, keys: list[ServiceKey], stats: bool) -> list[tuple[dict, dict]]:
+        """Each service's (dests, dest stats), in ``keys`` order. Dumps cannot share a
+        socket, so with ``dump_workers`` > 1 several sockets dump at once from threads
+        (the kernel fills a dump inside send()/recv(), which release the GIL)."""
+        conn, enc = self._main()
+        results: list[tuple[dict, dict]] = [({}, {}) for _ in keys]
+        workers = min(self.dump_workers, max(1, len(keys) // SERVICES_PER_DUMP_WORKER))
+        while len(self._extra) < workers - 1:
+            self._extra.append(_Conn())
+        conns = [conn, *self._extra[:workers - 1]]
+        failures: list[BaseException] = []
+
+        def run(first: int, c: _Conn) -> None:
+            decoder = wire.DestDecoder()
+            try:
+                for i in range(first, len(keys), len(conns)):
+                    key = keys[i]
+                    dests, dest_stats = results[i]
+                    seq = c.reserve(1)
+                    try:
+                        c.sock.send(enc.get_dests(key, seq))
+                        while not decoder.decode_into(c.buf, c.recv(), seq, key, dests,
+                                                      dest_stats if stats else None):
+                            pass
+                    except OSError as exc:
+                        if exc.errno != errno_mod.ESRCH:   # ESRCH: service deleted meanwhile
+                            raise BackendError(f"IPVS dest dump of {key} failed: {exc.strerror}",
+                                               exc.errno or 0) from exc
+            except BaseException as exc:   # re-raised in the caller's thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i, c), daemon=True)
+                   for i, c in enumerate(conns) if i]
+        for t in threads:
+            t.start()
+        run(0, conns[0])
+        for t in threads:
+            t.join()
+        if failures:
+            raise failures[0]
+        return results
+
+    # apply ----------------------------------------------------------------
+
+    def apply(self, ops: Sequence[object]) -> list[BackendError]:
+        """Encode every op, send them in batches, return one error per failed op (in op order)."""
+        if not ops:
+            return []                        # nothing to write: not even a socket
+        conn, enc = self._main()
+        first_seq = conn.reserve(len(ops))
+        flags = wire.NLM_F_REQUEST | (wire.NLM_F_ACK if self.ack_every else 0)
+        failed: list[tuple[int, BackendError]] = []          # (op index, error)
+        messages: list[tuple[int, bytes]] = []               # (op index, message)
+        for index, op in enumerate(ops):
+            try:
+                messages.append((index, enc.op(op, (first_seq + index) & SEQ_MASK, flags)))
+            except ValueError as exc:        # the kernel would answer EINVAL; do not send it
+                failed.append((index, BackendError(f"{describe_op(op)}: {exc} (EINVAL)",
+                                                   errno_mod.EINVAL, op)))
+        batch = self.batch_size
+        start = 0
+        while start < len(messages):
+            chunk = messages[start:start + batch]
+            start += len(chunk)
+            if self._send_batch(conn, ops, first_seq, chunk, failed):
+                batch = max(1, batch // 4)   # acks were dropped: smaller batches from now on
+        failed.sort(key=lambda item: item[0])
+        return [err for _, err in failed]
+
+    def _send_batch(self, conn: _Conn, ops: Sequence[object], first_seq: int,
+                    chunk: list[tuple[int, bytes]], failed: list[tuple[int, BackendError]]) -> bool:
+        """Send one batch in one sendmsg and collect its error acks.
+
+        Only the last message asks for an ack (unless ack_every): its ack ends the
+        batch, and the kernel acks every failure anyway. Returns True when the
+        receive buffer overflowed (ENOBUFS) or no final ack came: then each op
+        without an answer is reported as ENOBUFS (retryable; it may or may not
+        have been applied) rather than guessed."""
+        in_batch = {index for index, _ in chunk}
+        last_index = chunk[-1][0]
+        last = bytearray(chunk[-1][1])
+        wire.U16.pack_into(last, _NLMSG_FLAGS_OFFSET,
+                           wire.U16.unpack_from(last, _NLMSG_FLAGS_OFFSET)[0] | wire.NLM_F_ACK)
+        data = b"".join([m for _, m in chunk[:-1]] + [bytes(last)])
+        try:
+            conn.sock.sendall(data)
+        except OSError as exc:
+            failed.extend((i, BackendError(f"{describe_op(ops[i])}: send failed: {exc.strerror}",
+                                           exc.errno or 0, ops[i])) for i, _ in chunk)
+            return False
+        answered: set[int] = set()
+        overflow = False
+        while True:
+            try:
+                n = conn.sock.recv_into(conn.buf, 0, socket.MSG_DONTWAIT if overflow else 0)
+            except BlockingIOError:
+                # after an overflow: all queued acks read; else SO_RCVTIMEO expired
+                overflow = True
+                break
+            except OSError as exc:
+                if exc.errno != errno_mod.ENOBUFS:
+                    raise
+                overflow = True             # some acks were dropped; drain what is left
+                continue
+            for hdr in wire.iter_messages(conn.buf, n):
+                if hdr.type != wire.NLMSG_ERROR:
+                    continue
+                index = (hdr.seq - first_seq) & SEQ_MASK
+                if index not in in_batch:
+                    continue                # stale reply from an earlier request
+                answered.add(index)
+                code = wire.decode_ack(conn.buf, hdr).errno
+                if code:
+                    failed.append((index, BackendError(
+                        f"{describe_op(ops[index])}: {errno_text(code)}", code, ops[index])))
+            if last_index in answered and not overflow:
+                return False
+        for index, _ in chunk:
+            if index not in answered:
+                failed.append((index, BackendError(
+                    f"{describe_op(ops[index])}: outcome unknown, netlink acks were dropped",
+                    errno_mod.ENOBUFS, ops[index])))
+        return True
+
+    # schedulers -----------------------------------------------------------
+
+    def missing_schedulers(self, names: Iterable[str]) -> dict[str, str]:
+        """Scheduler -> module for each one this kernel neither has loaded, built in,
+        nor can load (ip_vs_<name> in /sys/module, modules.builtin or modules.dep)."""
+        missing: dict[str, str] = {}
+        known: set[str] | None = None
+        for name in sorted(set(names)):
+            module = f"ip_vs_{name}"
+            if os.path.isdir(os.path.join(self.sys_module_dir, module)):
+                continue
+            if known is None:
+                known = self._kernel_modules()
+            if module not in known:
+                missing[name] = module
+        return missing
+
+    def _kernel_modules(self) -> set[str]:
+        """Module names listed in modules.builtin and modules.dep (unreadable: none)."""
+        names: set[str] = set()
+        for index in ("modules.builtin", "modules.dep"):
+            try:
+                with open(os.path.join(self.modules_dir, index), encoding="utf-8",
+                          errors="replace") as fh:
+                    for line in fh:
+                        base = os.path.basename(line.split(":", 1)[0].strip())
+                        if ".ko" in base:
+                            names.add(base.split(".ko", 1)[0].replace("-", "_"))
+            except OSError:
+                continue
+        return names
+
+
+def describe_op(op: object) -> str:
+    """'add dest 10.99.0.1:80/tcp -> 10.99.1.1:80' for error messages (shared with the fake)."""
+    return f"{getattr(op, 'action', '?')} {getattr(op, 'kind', '?')} {getattr(op, 'key', op)}"
+
+
+def errno_text(code: int) -> str:
+    """'File exists (EEXIST)': the words and the name people grep for."""
+    return f"{os.strerror(code)} ({errno_mod.errorcode.get(code, code)})"
