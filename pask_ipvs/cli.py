@@ -35,14 +35,14 @@ every problem as FILE:LINE: $.path: message.
 """
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgParser(argparse.ArgumentParser):
     def error(self, message: str):  # usage errors exit 1: 2 means "changes"
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
 def _apply_parser(prog: str = "pask-apply") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Validate a pask config, reconcile the kernel "
+    p = ArgParser(prog=prog, description="Validate a pask config, reconcile the kernel "
                 "(IPVS, nftables, VIPs, sysctls) to it, and verify the result.",
                 epilog=APPLY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", metavar="CONFIG", help="the YAML config file")
@@ -204,7 +204,7 @@ def validate_main(argv: Sequence[str] | None = None, prog: str = "pask validate"
     from .errors import ConfigError
     from .load import load_config
 
-    p = _Parser(prog=prog, description="Check a pask config file; exit 0 valid, 1 invalid.")
+    p = ArgParser(prog=prog, description="Check a pask config file; exit 0 valid, 1 invalid.")
     p.add_argument("config", metavar="CONFIG")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -229,7 +229,7 @@ def validate_main(argv: Sequence[str] | None = None, prog: str = "pask validate"
 def status_main(argv: Sequence[str] | None = None, prog: str = "pask-status") -> int:
     from .status import run_status
 
-    p = _Parser(prog=prog, description="Show IPVS services and real servers with weight, "
+    p = ArgParser(prog=prog, description="Show IPVS services and real servers with weight, "
                 "health, active/inactive connections and rates.")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--state-file", default=DEFAULT_STATE_FILE)

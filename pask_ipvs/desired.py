@@ -14,7 +14,7 @@ from .kernel import (
     FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, Desired, IpvsDest, IpvsService, ServiceKey, VipAddress,
 )
 from .model import Config, NatMode, OnFailure, ServerState, Service
-from .state import health_key
+from .health.machine import effective_weights
 
 FWD_BY_MODE = {
     NatMode.DEST_NAT: FWD_MASQ,
@@ -55,29 +55,6 @@ def ipvs_service(svc: Service, key: ServiceKey) -> IpvsService:
     if timeout:
         flags = flags | {"persistent"}
     return IpvsService(key, sched, frozenset(flags), timeout, persistence_prefix(svc))
-
-
-def effective_weights(svc: Service, up: Mapping[str, bool]) -> dict[tuple[str, int], int | None]:
-    """(addr, port) -> weight in the kernel, None = not in the kernel.
-
-    disabled -> 0 (drain); down -> 0 (inhibit) or absent (remove); a backup
-    (sorry) server carries weight only while no enabled server is up.
-    """
-    def is_up(rs) -> bool:
-        return up.get(health_key(svc.name, rs.address, rs.port), True)
-
-    primary_up = any(rs.state is ServerState.ENABLED and is_up(rs) for rs in svc.real_servers)
-    out: dict[tuple[str, int], int | None] = {}
-    for rs in svc.real_servers:
-        if not is_up(rs) and rs.state is not ServerState.DISABLED:
-            out[(rs.address, rs.port)] = None if svc.on_failure is OnFailure.REMOVE else 0
-        elif rs.state is ServerState.DISABLED:
-            out[(rs.address, rs.port)] = 0
-        elif rs.state is ServerState.BACKUP:
-            out[(rs.address, rs.port)] = 0 if primary_up else rs.weight
-        else:
-            out[(rs.address, rs.port)] = rs.weight
-    return out
 
 
 def sysctls_for(config: Config) -> dict[str, str]:

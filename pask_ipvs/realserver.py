@@ -252,12 +252,6 @@ def _hint(op: Op | None) -> str:
     return ""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # usage errors exit 1: 2 means "changes"
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
-
-
 EPILOG = """\
 examples:
   pask realserver up --vip 10.99.100.1 --mode l2-dsr         VIP on lo, ARP suppressed
@@ -272,10 +266,12 @@ the ipip module are left as they are.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pask realserver", description="Prepare a real server for L2 / L3 DSR "
+    from .cli import ArgParser   # usage errors exit 1: 2 means "changes"
+
+    p = ArgParser(prog="pask realserver", description="Prepare a real server for L2 / L3 DSR "
                 "(direct routing / ipip tunnelling), or undo it.", epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{up,down}", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{up,down}", required=True, parser_class=ArgParser)
     for name, what in (("up", "add the VIPs and the settings the mode needs"),
                        ("down", "remove the VIPs (sysctls, tunl0, ipip stay)")):
         s = sub.add_parser(name, help=what, description=what)

@@ -1,0 +1,520 @@
+"""pask-healthd: probes every real server, takes failed ones out of service, brings them back.
+
+The imperative shell around two pure pieces: probes (probes.py) say pass or
+fail, the state machine (machine.py) turns results into transitions. On a
+transition the daemon writes the health file first (so a pask-apply run at
+that moment already agrees), then expands the desired state of that service
+only and applies its destination ops through the same executor as
+pask-apply: one kernel write per transition, against an in-memory view of
+IPVS read once at start (and again after an error or a reload).
+
+The daemon changes destinations only, never services: creating services is
+pask-apply's job. It never deletes a destination the config does not name
+(pask-apply may be draining it); it deletes only servers that failed with
+``on_failure: remove``. SIGHUP re-reads the config and keeps the health of
+servers that stay; SIGTERM/SIGINT exit 0 and leave the kernel as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import random
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable, Mapping, TextIO
+
+from ..kernel import Observed
+from ..model import Config, Health
+from ..plan import ADD, DELETE, SET, Op, Plan
+from ..state import DEFAULT_HEALTH_FILE, DEFAULT_STATE_FILE, health_key, write_json_atomic
+from .machine import HealthMachine, Transition
+from .probes import Result, Target, run_probe
+
+RETRY_DELAY = 2.0              # seconds before a failed kernel write is tried again
+MAX_INFLIGHT = 4096            # probes (sockets) open at once, bounded again by RLIMIT_NOFILE
+TICK = 0.02                    # seconds: probe start times are spread over the interval in these steps
+FLUSH_GAP = 0.1                # seconds between two writes (health file + kernel) in a storm
+
+ProbeFn = Callable[[Health, Target], Awaitable[Result]]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One probe job: a real server of a service and the health check that applies to it."""
+
+    service: str
+    key: str                   # health_key(service, addr, port)
+    server: str                # "addr:port" of the real server, for logs
+    target: Target
+    health: Health
+
+
+def checks_of(config: Config) -> dict[str, Check]:
+    """Every real server of every service with a health check (type none: not probed)."""
+    out: dict[str, Check] = {}
+    for svc in config.services:
+        if svc.health.type == "none":
+            continue
+        for rs in svc.real_servers:
+            key = health_key(svc.name, rs.address, rs.port)
+            out[key] = Check(svc.name, key, str(Target(rs.address, rs.port)),
+                             Target(rs.address, svc.health.port or rs.port, svc.name), svc.health)
+    return out
+
+
+class EventLog:
+    """Structured log: one JSON object per line on stderr (journald keeps them as they are)."""
+
+    def __init__(self, stream: TextIO | None = None, verbose: bool = False,
+                 clock: Callable[[], float] = time.time):
+        self.stream = stream
+        self.verbose = verbose
+        self.clock = clock
+
+    def __call__(self, event: str, level: str = "info", **fields: object) -> None:
+        if level == "debug" and not self.verbose:
+            return
+        now = self.clock()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        record = {"ts": stamp, "level": level, "event": event, **fields}
+        stream = self.stream or sys.stderr
+        stream.write(json.dumps(record, default=str) + "\n")
+        stream.flush()
+
+
+def _default_expand():
+    from ..desired import expand
+    return expand
+
+
+def _default_execute():
+    from ..apply import execute
+    return execute
+
+
+class HealthDaemon:
+    """The health state of one config, and the kernel writes it implies.
+
+    Kernel access goes through ``backends`` (real or fake) and the ``expand`` /
+    ``execute`` functions pask-apply uses; probes through ``probe``. All are
+    injectable so tests run the real loop against fakes and loopback listeners.
+    """
+
+    def __init__(self, config: Config, backends, *, fwmarks: Mapping[str, int] | None = None,
+                 health_file: str | None = None,
+                 previous: Mapping[str, Mapping[str, object]] | None = None,
+                 clock: Callable[[], float] = time.time, probe: ProbeFn = run_probe,
+                 expand=None, execute=None, log: EventLog | None = None,
+                 rng: random.Random | None = None, max_inflight: int = MAX_INFLIGHT,
+                 loader: Callable[[], tuple[Config, Mapping[str, int]]] | None = None):
+        self.backends = backends
+        self.loader = loader
+        self.health_file = health_file
+        self.clock = clock
+        self.probe = probe
+        self.expand = expand or _default_expand()
+        self.execute = execute or _default_execute()
+        self.log = log or EventLog()
+        self.rng = rng or random.Random()
+        self.max_inflight = max_inflight
+        self.machine = HealthMachine(clock, previous)
+        self.config = config
+        self.fwmarks: dict[str, int] = dict(fwmarks or {})
+        self.checks: dict[str, Check] = {}
+        self.observed: Observed | None = None
+        self.dirty: set[str] = set()           # services whose dests must be re-applied
+        self.health_dirty = True               # the health file must be rewritten
+        self.retry_at: float | None = None     # monotonic time of the next retry of a failed write
+        self.kernel_writes = 0                 # executor calls that changed something
+        self.tasks: dict[str, tuple[Check, asyncio.Task]] = {}
+        self.wake: asyncio.Event | None = None
+        self.stopping = False
+        self.reload_requested = False
+        self.set_config(config, self.fwmarks)
+
+    # -- config --------------------------------------------------------------------------
+    def set_config(self, config: Config, fwmarks: Mapping[str, int]) -> None:
+        """Take a (new) config: servers that stay keep their health, new ones start per
+        the initial rule, removed ones are forgotten. Every service gets reconciled."""
+        self.config = config
+        self.fwmarks = dict(fwmarks)
+        self.checks = checks_of(config)
+        for key, check in self.checks.items():
+            self.machine.track(key, check.health.rise, check.health.fall)
+        self.machine.retain(self.checks)
+        self.health_dirty = True
+        self.dirty = {svc.name for svc in config.services}
+
+    def reload(self) -> bool:
+        """SIGHUP: read the config (and fwmarks) again through ``loader``, keep health,
+        read the kernel again and reconcile. A bad config keeps the running one."""
+        from ..errors import ConfigError
+
+        if self.loader is None:
+            return False
+        try:
+            config, fwmarks = self.loader()
+        except ConfigError as e:
+            self.log("reload_failed", level="error", errors=[str(p) for p in e.problems],
+                     message="keeping the running config")
+            return False
+        except (OSError, ValueError) as e:
+            self.log("reload_failed", level="error", errors=[str(e)],
+                     message="keeping the running config")
+            return False
+        self.set_config(config, fwmarks)
+        try:
+            self.observe()            # a reload is the moment to fix drift: read the kernel
+        except Exception as e:
+            self.log("observe_failed", level="error", error=str(e))
+            self.observed = None
+        self.log("reload", services=len(config.services), servers=len(self.checks))
+        return True
+
+    # -- kernel --------------------------------------------------------------------------
+    def observe(self) -> None:
+        """Read the IPVS table (the only full dump: at start, after errors, on reload)."""
+        self.observed = Observed(ipvs=self.backends.ipvs.observe())
+
+    def plan_for(self, names: Iterable[str]) -> Plan:
+        """Dest ops that bring these services to config + health, from the in-memory view."""
+        from ..plan import diff_dests
+
+        if self.observed is None:
+            self.observe()
+        wanted = set(names)
+        sub = dataclasses.replace(
+            self.config, services=tuple(s for s in self.config.services if s.name in wanted))
+        desired = self.expand(sub, self.fwmarks, self.machine.up_map())
+        if any(k not in self.observed.ipvs.services for k in desired.owners):
+            self.observe()            # pask-apply may have created it since the last read
+        in_kernel = [k for k in desired.owners if k in self.observed.ipvs.services]
+        for key, name in sorted(desired.owners.items(), key=lambda kv: kv[1]):
+            if key not in self.observed.ipvs.services:
+                self.log("service_missing", level="warning", service=name, key=str(key),
+                         message="not in the kernel: run pask-apply; health changes wait for it")
+        plan = diff_dests(desired, self.observed, in_kernel)
+        # A dest the config does not name is pask-apply's business (drift or a drain):
+        # only servers of the config are ever deleted here (failed with on_failure: remove).
+        named = set(self.expand(sub, self.fwmarks, {}).dests)
+        ops = tuple(op for op in plan.ops
+                    if op.action != DELETE or op.before.key in named)
+        return Plan(ops)
+
+    def apply(self, names: Iterable[str]) -> bool:
+        """Bring these services' dests in line; True when the kernel now matches."""
+        try:
+            plan = self.plan_for(names)
+        except Exception as e:  # a bad expand (e.g. no fwmark yet) must not stop the probes
+            self.log("plan_failed", level="error", services=sorted(names), error=str(e))
+            return False
+        if not plan.ops:
+            return True
+        result = self.execute(plan, self.backends, rollback=False)
+        self.kernel_writes += 1
+        for op in plan.ops:
+            self.log("kernel", service=op.service, op=_op_text(op), ok=not _failed(op, result))
+        if result.ok:
+            self._update_view(plan.ops)
+            return True
+        for err in result.errors:
+            self.log("kernel_error", level="error", error=str(err),
+                     op=_op_text(err.op) if isinstance(err.op, Op) else None)
+        try:
+            self.observe()
+        except Exception as e:
+            self.log("observe_failed", level="error", error=str(e))
+            self.observed = None
+        return False
+
+    def _update_view(self, ops: Iterable[Op]) -> None:
+        dests = self.observed.ipvs.dests
+        for op in ops:
+            if op.action in (ADD, SET):
+                dests[op.after.key] = op.after
+            elif op.action == DELETE:
+                dests.pop(op.before.key, None)
+
+    # -- health --------------------------------------------------------------------------
+    def record(self, check: Check, result: Result) -> Transition | None:
+        """Feed one probe result; on a transition, log it and mark its service for a write."""
+        if self.checks.get(check.key) != check:
+            return None                     # reloaded away while the probe ran
+        if self.log.verbose:
+            self.log("probe", level="debug", service=check.service, server=check.server,
+                     ok=result.ok, detail=result.detail, elapsed=round(result.elapsed, 4))
+        transition = self.machine.record(check.key, result.ok, result.detail)
+        if transition is not None:
+            self.log("transition", service=check.service, server=check.server,
+                     old=transition.old_name, new=transition.new_name,
+                     reason=transition.why, detail=transition.detail)
+            self.dirty.add(check.service)
+            self.health_dirty = True
+            if self.wake is not None:
+                self.wake.set()
+        return transition
+
+    def write_health(self) -> None:
+        if not self.health_file:
+            return
+        try:
+            write_json_atomic(self.health_file, self.machine.to_json())
+            self.health_dirty = False
+        except OSError as e:
+            self.log("health_file_error", level="error", file=self.health_file, error=str(e))
+
+    def flush(self) -> bool:
+        """Health file first, then the kernel. True when nothing is left to do."""
+        if self.health_dirty:
+            self.write_health()
+        if not self.dirty:
+            return True
+        names, self.dirty = self.dirty, set()
+        if self.apply(names):
+            self.retry_at = None
+            return True
+        self.dirty |= names
+        self.retry_at = time.monotonic() + RETRY_DELAY
+        return False
+
+    async def run_round(self) -> list[Transition]:
+        """Probe every server once, all at once, then flush (``--once`` and tests)."""
+        checks = list(self.checks.values())
+        slots = asyncio.Semaphore(self.max_inflight)
+
+        async def one(check: Check) -> Result:
+            async with slots:
+                return await self.probe(check.health, check.target)
+
+        results = await asyncio.gather(*(one(c) for c in checks))
+        transitions = [t for c, r in zip(checks, results) if (t := self.record(c, r))]
+        self.flush()
+        return transitions
+
+    # -- the loop ------------------------------------------------------------------------
+    async def _probe_loop(self, check: Check, due: float, slots: asyncio.Semaphore) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await _sleep_until(loop, due)
+            async with slots:
+                result = await self.probe(check.health, check.target)
+            self.record(check, result)
+            # A fixed cadence; a probe that overran its slot runs again at once.
+            due = max(due + check.health.interval, loop.time())
+
+    def sync_tasks(self, slots: asyncio.Semaphore) -> None:
+        """One task per check; a check whose settings changed restarts (its health stays).
+
+        First probes are spread over the interval (no thundering herd at start-up)
+        in TICK steps: checks that share a step wake the loop once together, which
+        at thousands of servers halves the CPU per probe.
+        """
+        for key in list(self.tasks):
+            check, task = self.tasks[key]
+            if self.checks.get(key) != check:
+                task.cancel()
+                del self.tasks[key]
+        base = asyncio.get_running_loop().time()
+        for key, check in self.checks.items():
+            if key not in self.tasks:
+                steps = max(1, int(check.health.interval / TICK))
+                due = base + self.rng.randrange(steps) * TICK
+                self.tasks[key] = (check, asyncio.create_task(
+                    self._probe_loop(check, due, slots), name=f"probe {key}"))
+
+    async def serve(self) -> None:
+        """Run until ``stop()``: probes in their own tasks, kernel writes here, one at a time."""
+        self.wake = asyncio.Event()
+        slots = asyncio.Semaphore(self.max_inflight)
+        self.flush()
+        last_flush = time.monotonic()
+        self.sync_tasks(slots)
+        try:
+            while not self.stopping:
+                timeout = None
+                if self.retry_at is not None:
+                    timeout = max(0.0, self.retry_at - time.monotonic())
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                # In a storm (a rack goes down) transitions arrive one by one as their
+                # probes end; gathering them for FLUSH_GAP writes the health file (all
+                # servers) and the kernel a few times a second instead of per server.
+                # An isolated transition is written at once.
+                await asyncio.sleep(max(0.0, last_flush + FLUSH_GAP - time.monotonic()))
+                self.wake.clear()
+                if self.stopping:
+                    break
+                if self.reload_requested:
+                    self.reload_requested = False
+                    if self.reload():
+                        self.sync_tasks(slots)
+                self.flush()
+                last_flush = time.monotonic()
+        finally:
+            for _, task in self.tasks.values():
+                task.cancel()
+            await asyncio.gather(*(t for _, t in self.tasks.values()), return_exceptions=True)
+            self.tasks.clear()
+            if self.health_dirty:
+                self.write_health()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.wake is not None:
+            self.wake.set()
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+        if self.wake is not None:
+            self.wake.set()
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """Sleep to an absolute loop time: equal times share one wake-up (asyncio.sleep adds
+    each caller's own "now" and so never groups)."""
+    if when <= loop.time():
+        await asyncio.sleep(0)
+        return
+    fut = loop.create_future()
+    handle = loop.call_at(when, _set_done, fut)
+    try:
+        await fut
+    finally:
+        handle.cancel()
+
+
+def _set_done(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _failed(op: Op, result) -> bool:
+    return any(getattr(e, "op", None) is op for e in result.errors)
+
+
+def _op_text(op: Op) -> str:
+    from ..render.text import op_line
+    return op_line(op)
+
+
+# -- command line ----------------------------------------------------------------------
+
+def load_previous_health(path: str | None, log: EventLog) -> dict[str, dict]:
+    """The health file's servers; a missing or unreadable file means nothing is known."""
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("version") != 1:
+            raise ValueError(f"unsupported version {data.get('version')!r}")
+        return {k: dict(v) for k, v in data.get("servers", {}).items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        # Health can be measured again; refusing to start would leave servers unchecked.
+        log("health_file_ignored", level="warning", file=path, error=str(e))
+        return {}
+
+
+def load_inputs(config_path: str, state_file: str) -> tuple[Config, dict[str, int]]:
+    """The config (ConfigError on problems) and the fwmarks pask-apply allocated."""
+    from ..load import load_config
+    from ..state import load_state
+
+    config = load_config(config_path)
+    return config, dict(load_state(state_file).fwmarks)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ..cli import ArgParser    # usage errors exit 1, like every pask command
+
+    p = ArgParser(
+        prog="pask-healthd",
+        description="Health checks for pask's real servers: failed servers get weight 0 "
+                    "(or are removed) within interval x fall seconds and come back after "
+                    "rise passed checks. SIGHUP reloads CONFIG, SIGTERM exits.")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("--state-file", default=DEFAULT_STATE_FILE)
+    p.add_argument("--health-file", default=DEFAULT_HEALTH_FILE)
+    p.add_argument("--once", action="store_true",
+                   help="run one round of probes, apply the result, exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every probe result")
+    return p
+
+
+def _raise_nofile() -> int:
+    """Probes are sockets: take the hard limit of open files; returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def main(argv: list[str] | None = None, *, backends=None) -> int:
+    """The ``pask-healthd`` console script. ``backends``: for tests (default: the kernel)."""
+    from ..errors import ConfigError
+
+    args = _parser().parse_args(argv)
+    log = EventLog(verbose=args.verbose)
+    try:
+        config, fwmarks = load_inputs(args.config, args.state_file)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.config}: {len(e.problems)} problem(s)", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{args.config}: cannot read config: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except ValueError as e:                       # a corrupt state file
+        print(f"pask-healthd: {e}", file=sys.stderr)
+        return 1
+
+    if backends is None:
+        from ..backend.real import real_backends
+        backends = real_backends()
+    nofile = _raise_nofile()
+    inflight = max(16, min(MAX_INFLIGHT, (nofile - 64) // 2))
+    daemon = HealthDaemon(config, backends, fwmarks=fwmarks,
+                          health_file=args.health_file,
+                          previous=load_previous_health(args.health_file, log),
+                          log=log, max_inflight=inflight,
+                          loader=lambda: load_inputs(args.config, args.state_file))
+    try:
+        daemon.observe()
+    except Exception as e:
+        print(f"pask-healthd: cannot read IPVS: {e}", file=sys.stderr)
+        return 1
+    log("start", config=args.config, servers=len(daemon.checks),
+        services=len(config.services), once=args.once)
+    if args.once:
+        asyncio.run(daemon.run_round())
+        return 0 if not daemon.dirty else 1
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, daemon.stop)
+        loop.add_signal_handler(signal.SIGINT, daemon.stop)
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+        await daemon.serve()
+
+    asyncio.run(run())
+    log("stop", message="kernel left as it is")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
