@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import errno
+import json
+import subprocess
 
 from ..kernel import LinkObserved, VipAddress
 from .base import BackendError
+
+
+def _ip_json(*args: str) -> list[dict]:
+    """``ip -j ARGS``; a missing device is an empty answer, anything else an error."""
+    try:
+        proc = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError as e:
+        raise BackendError("the ip command (iproute2) is not installed", errno.ENOENT) from e
+    if proc.returncode != 0:
+        if "does not exist" in proc.stderr:
+            return []
+        raise BackendError(f"ip {' '.join(args)}: {proc.stderr.strip()}", errno.EIO)
+    return json.loads(proc.stdout or "[]")
 
 
 class IPRouteAddr:
@@ -26,19 +41,20 @@ class IPRouteAddr:
         return found[0] if found else None
 
     def observe(self, interface: str) -> tuple[LinkObserved | None, frozenset[VipAddress]]:
-        idx = self._index(interface)
-        if idx is None:
+        """Read through iproute2's JSON output: importing pyroute2 costs seconds under
+        emulation, and a no-op apply should not pay it just to look."""
+        shown = _ip_json("-d", "addr", "show", "dev", interface)
+        if not shown:
             return None, frozenset()
-        link = self.ipr.get_links(idx)[0]
-        info = link.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info else ""
-        up = bool(link["flags"] & 1)
+        link = shown[0]
+        kind = (link.get("linkinfo") or {}).get("info_kind", "")
+        up = "UP" in link.get("flags", [])
         vips = frozenset(
-            VipAddress(interface, a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-            for a in self.ipr.get_addr(index=idx)
-            if a.get_attr("IFA_ADDRESS") and not a.get_attr("IFA_ADDRESS").startswith("fe80:")
+            VipAddress(interface, a["local"], int(a["prefixlen"]))
+            for a in link.get("addr_info", [])
+            if a.get("local") and not a["local"].startswith("fe80:")
         )
-        return LinkObserved(interface, kind or "", up), vips
+        return LinkObserved(interface, kind, up), vips
 
     def add_link(self, name: str) -> None:
         try:
