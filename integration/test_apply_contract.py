@@ -244,8 +244,10 @@ def test_live_scheduler_change_add_and_drained_removal_keep_traffic(apply, lb: L
     others = [r for r in failed if r not in in_swap]
     assert not others, (f"{len(others)} of {len(done)} requests failed: "
                         + "; ".join(f"{during(r, windows)}: {r.error}" for r in others[:5]))
-    assert len(in_swap) <= 5 and all("refused" in str(r.error).lower() for r in in_swap), \
-        [str(r.error) for r in in_swap]
+    assert all("refused" in str(r.error).lower() for r in in_swap), [str(r.error) for r in in_swap]
+    if in_swap:  # one brief blip (how many requests fall in it depends on the loop's rate)
+        span = max(r.end for r in in_swap) - min(r.start for r in in_swap)
+        assert span < 1.0, f"refusals spread over {span:.2f} s during the scheduler swap"
     after_add = {r.server for r in loop.since(marks["add rs3"])}
     assert "rs3" in after_add, f"rs3 never answered after it was added: {after_add}"
     after_remove = {r.server for r in loop.since(marks["remove rs1"])}
