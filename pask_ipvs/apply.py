@@ -88,8 +88,9 @@ def _backend_of(op: Op) -> str:
 
 
 def _run_group(group: list[Op], backends: Backends, result: ApplyResult) -> list[BackendError]:
-    if _backend_of(group[0]) == "ipvs":
-        errors = backends.ipvs.apply(group)
+    batched = {"ipvs": backends.ipvs, "address": backends.addr}.get(_backend_of(group[0]))
+    if batched is not None:  # a thousand VIPs or 30k dests: one batch, not one call each
+        errors = batched.apply(group)
         failed = {id(e.op) for e in errors}
         result.applied.extend(op for op in group if id(op) not in failed)
         return errors
@@ -110,11 +111,6 @@ def _run_one(op: Op, backends: Backends, result: ApplyResult) -> None:
         backends.sysctl.write(op.key, op.after)
     elif op.kind == "link":
         backends.addr.add_link(op.after)
-    elif op.kind == "address":
-        if op.action == DELETE:
-            backends.addr.delete_address(op.before)
-        else:
-            backends.addr.add_address(op.after)
     elif op.kind == "nft":
         result.nft_touched = True
         if op.action == REPLACE:
@@ -206,7 +202,9 @@ def reconcile(desired: Desired, observed: Observed, state: PaskState, fwmarks: d
     now = time.time() if now is None else now
     if plan is None:
         plan = diff(desired, observed, state, now=now, drain_timeout=drain_timeout)
-    result = execute(plan, backends, progress=progress) if plan.changed else None
+    if not plan.changed:  # nothing written: the observation just made is the verification
+        return Outcome(plan, None, plan, next_state(state, desired, fwmarks, plan, None, observed))
+    result = execute(plan, backends, progress=progress)
     interim = next_state(state, desired, fwmarks, plan, result)
     remaining, after = verify(desired, backends, interim, now=now, drain_timeout=drain_timeout)
     return Outcome(plan, result, remaining,

@@ -133,8 +133,9 @@ def run_apply(args: argparse.Namespace) -> int:
                 return fail([f"{args.config}: {p}" for p in problems] + ["nothing was changed"])
             plan = diff(desired, observed, state, now=time.time(), drain_timeout=config.drain_timeout)
             text = plan_text(plan, limit=None if (args.verbose or dry_run or args.diff) else 50)
-            report.update(changed=plan.changed, ops=[op_json(o) for o in plan.ops],
-                          counts=plan.counts(), plan_text=plan_text(plan))
+            report.update(changed=plan.changed, counts=plan.counts())
+            if args.format == "json":  # costly at 30k ops: only when asked
+                report.update(ops=[op_json(o) for o in plan.ops], plan_text=plan_text(plan))
             if dry_run or args.diff or args.verbose or not plan.changed:
                 out.info(text.rstrip("\n"))
             if dry_run:

@@ -29,6 +29,20 @@ BODY = textwrap.dedent("""
     assert link.up and vips == {v}, vips
     a.delete_address(v); a.delete_address(v)  # already gone is fine
     assert a.observe("pask0")[1] == frozenset()
+    # the batch path the executor uses: one ip -batch for every op
+    from pask_ipvs.plan import Op
+    b = IPRouteAddr()
+    vs = [VipAddress("pask0", f"10.99.100.{i}", 32) for i in range(1, 51)]
+    adds = [Op("add", "address", str(v), None, v) for v in vs]
+    assert b.apply(adds) == [] and b.apply(adds[:3]) == []          # again: no error
+    assert b.observe("pask0")[1] == frozenset(vs)
+    dels = [Op("delete", "address", str(v), v, None) for v in vs[:10]]
+    assert b.apply(dels) == [] and b.apply(dels[:2]) == []          # already gone: no error
+    assert b.observe("pask0")[1] == frozenset(vs[10:])
+    bad = VipAddress("nope0", "10.99.100.200", 32)
+    errs = b.apply([adds[20], Op("add", "address", str(bad), None, bad), adds[21]])
+    assert [e.op.after for e in errs] == [bad], errs
+    assert b._ipr is None, "the batch path must not import pyroute2"
     print("ok")
 """)
 

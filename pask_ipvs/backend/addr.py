@@ -66,6 +66,37 @@ class IPRouteAddr:
             hint = " (is the dummy module available?)" if code == errno.EOPNOTSUPP else ""
             raise BackendError(f"create dummy interface {name}: {e}{hint}", code) from e
 
+    def apply(self, ops) -> list[BackendError]:
+        """All address ops through one ``ip -force -batch -``: one process instead of a
+        netlink round trip plus pyroute2's import per VIP (10 s for 1024 VIPs in the VM)."""
+        lines = []
+        for op in ops:
+            vip = op.before if op.action == "delete" else op.after
+            verb = "del" if op.action == "delete" else "replace"   # replace: add, EEXIST-safe
+            lines.append(f"address {verb} {vip.addr}/{vip.prefixlen} dev {vip.interface}\n")
+        proc = subprocess.run(["ip", "-force", "-batch", "-"], input="".join(lines),
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            return []
+        errors = []
+        reason = ""
+        for line in proc.stderr.splitlines():
+            if line.startswith("Command failed -:"):
+                n = int(line.rsplit(":", 1)[1]) - 1
+                op = ops[n]
+                gone = op.action == "delete" and ("Address not found" in reason
+                                                  or "Cannot assign" in reason)
+                if not gone:
+                    errors.append(BackendError(f"{lines[n].strip()}: {reason or 'failed'}",
+                                               errno.EIO, op))
+                reason = ""
+            elif line.strip():
+                reason = line.strip()
+        if not errors and proc.returncode != 0 and not any(
+                l.startswith("Command failed") for l in proc.stderr.splitlines()):
+            errors.append(BackendError(f"ip -batch: {proc.stderr.strip()}", errno.EIO, ops[0]))
+        return errors
+
     def add_address(self, vip: VipAddress) -> None:
         self._addr("add", vip)
 

@@ -60,6 +60,10 @@ class AddrBackend(Protocol):
     def add_link(self, name: str) -> None:
         """Create a dummy interface ``name`` and set it up (EEXIST-safe)."""
 
+    def apply(self, ops: Sequence[object]) -> list[BackendError]:
+        """Address add/delete ops in one batch; every op attempted, one error per failed op.
+        Adding an address that is there, or deleting one that is gone, is not an error."""
+
     def add_address(self, vip: VipAddress) -> None: ...
 
     def delete_address(self, vip: VipAddress) -> None: ...

@@ -26,6 +26,19 @@ class FakeAddr:
         self.writes += 1
         self.links[name] = LinkObserved(name, "dummy", True)
 
+    def apply(self, ops) -> list[BackendError]:
+        errors = []
+        for op in ops:
+            try:
+                if op.action == "delete":
+                    self.delete_address(op.before)
+                else:
+                    self.add_address(op.after)
+            except BackendError as e:
+                e.op = op
+                errors.append(e)
+        return errors
+
     def add_address(self, vip: VipAddress) -> None:
         if vip.interface not in self.links:
             raise BackendError(f"interface {vip.interface} does not exist", errno.ENODEV)
