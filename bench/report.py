@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""Markdown tables from one bench/run.sh results directory (run.sh prints this).
+
+    python bench/report.py bench/results/latest            # the results table + targets
+    python bench/report.py bench/results/latest --profile  # + stage times and cProfile top entries
+
+Stdlib only. A missing result file leaves its cells as "n/a"; a run that
+failed its own check (wrong object count, ops != 0 on a no-op, ...) shows
+FAILED in its cell, never a number that looks fine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import pstats
+import sys
+
+
+def _load(d: str, name: str) -> dict | None:
+    try:
+        with open(os.path.join(d, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _s(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f} s"
+
+
+def _mb(kb: int | None) -> str:
+    return "n/a" if not kb else f"{kb / 1024:.0f} MB"
+
+
+def _get(d: dict | None, *path: str):
+    for p in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(p)
+    return d
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**yes**" if ok else "**NO**")
+
+
+def _cell(part: dict | None, extra: str = "") -> str:
+    if part is None:
+        return "n/a"
+    if not part.get("ok", part.get("cold_ok", True)):
+        return f"FAILED (rc {part.get('rc')}, {part.get('kernel_objects', '?')} objects)"
+    return _s(part.get("s")) + extra
+
+
+def results_table(d: str) -> str:
+    pask = _load(d, "pask-1024.json")
+    ka = _load(d, "keepalived-1024.json")
+    rs = _load(d, "restore-1024.json")
+    sizes = {n: _load(d, f"pask-{n}.json") for n in (256, 1024, 4096)}
+    objs = _get(pask, "objects") or _get(ka, "objects")
+
+    cold = _get(pask, "cold")
+    noop = _get(pask, "noop")
+    change = _get(pask, "change")
+    ka_cold = _get(ka, "cold_s") if _get(ka, "cold_ok") else None
+    ka_reload = _get(ka, "reload_s") if _get(ka, "reload_ok") else None
+    rs_cold = _get(rs, "cold_s") if _get(rs, "cold_ok") else None
+    p_cold = _get(cold, "s") if _get(cold, "ok") else None
+    p_noop = _get(noop, "s") if _get(noop, "ok") else None
+    p_change = _get(change, "s") if _get(change, "ok") else None
+
+    def ratio(a, b):
+        return None if a is None or b is None or b == 0 else a / b
+
+    rows = []
+    r = ratio(p_cold, ka_cold)
+    rows.append((f"(1) cold apply, 1024 x 32 ({objs or '?'} IPVS objects), empty kernel, fresh boot",
+                 _cell(cold, f" (peak RSS {_mb(_get(cold, 'peak_rss_kb'))})"),
+                 _s(ka_cold) + (f" (peak RSS {_mb(_get(ka, 'peak_rss_kb'))})" if ka else ""),
+                 _s(rs_cold),
+                 "pask <= 0.5 x keepalived" + (f" (is {r:.2f} x)" if r is not None else ""),
+                 _verdict(None if r is None else r <= 0.5)))
+    r = ratio(p_noop, ka_cold)
+    nops = _get(noop, "ops")
+    rows.append(("(2) no-op apply, 1024 x 32",
+                 _cell(noop, f", {nops} ops" if nops is not None else ""),
+                 "-", "-",
+                 "0 kernel writes and <= 0.5 x keepalived's cold start" +
+                 (f" (is {r:.2f} x)" if r is not None else ""),
+                 _verdict(None if r is None else (nops == 0 and r <= 0.5))))
+    r = ratio(p_change, ka_reload)
+    cops = _get(change, "ops")
+    rows.append(("(3) one real server's weight changed",
+                 _cell(change, f", {cops} op" + ("" if cops == 1 else "s") if cops is not None else ""),
+                 f"{_s(ka_reload)} (SIGHUP reload)", "-",
+                 "exactly 1 kernel write, <= 0.5 x keepalived's reload" +
+                 (f" (is {r:.2f} x)" if r is not None else ""),
+                 _verdict(None if r is None else (cops == 1 and r <= 0.5))))
+    t = {n: (_get(v, "cold", "s") if _get(v, "cold", "ok") else None) for n, v in sizes.items()}
+    if t[1024] is None:
+        t[1024] = p_cold
+    sc = ratio(t[4096], t[1024])
+    rows.append(("(4) scaling: cold apply at 256 / 1024 / 4096 services x 32",
+                 " / ".join(_s(t[n]) for n in (256, 1024, 4096)), "-", "-",
+                 "4096 / 1024 <= 4.5" + (f" (is {sc:.2f})" if sc is not None else ""),
+                 _verdict(None if sc is None else sc <= 4.5)))
+    mems = " / ".join(_mb(_get(v, "cold", "peak_rss_kb")) for v in sizes.values())
+    rows.append(("peak RSS of pask-apply, cold apply at 256 / 1024 / 4096", mems or "n/a",
+                 _mb(_get(ka, "peak_rss_kb")) if ka else "n/a", "-", "reported", "-"))
+
+    head = ("| scenario | pask-apply | keepalived | ipvsadm-restore | target (issue 4) | holds |\n"
+            "|---|---|---|---|---|---|\n")
+    body = "".join("| " + " | ".join(row) + " |\n" for row in rows)
+    return head + body
+
+
+def env_notes(d: str) -> str:
+    lines = []
+    boots = _load(d, "boots.json") or []
+    for b in boots:
+        others = b.get("other_vms_at_start", 0)
+        lines.append(f"* {b['name']}: VM wall {b.get('wall_s', '?')} s, rc {b.get('rc')}, host load "
+                     f"{b.get('load_at_start', '?')} at start, other VMs running: {others}"
+                     + ("  <- contended: timings are inflated" if others else ""))
+    walls = {b["name"]: b.get("wall_s") for b in boots}
+    for name in sorted(glob.glob(os.path.join(d, "*.json"))):
+        base = os.path.basename(name)[:-5]
+        e = _get(_load(d, base + ".json"), "env")
+        if not e or "uptime_end_s" not in e or walls.get(base) is None:
+            continue
+        took = e["uptime_end_s"] - e["uptime_s"]
+        if took > walls[base] + 2:
+            lines.append(f"* **INVALID: {base}**: the guest counted {took:.0f} s during a boot that "
+                         f"took {walls[base]} s on the host: its clock ran fast "
+                         f"(clocksource {e.get('clocksource', '?')}); rerun")
+    calib = []
+    for name in sorted(glob.glob(os.path.join(d, "*.json"))):
+        r = _load(d, os.path.basename(name))
+        e = _get(r, "env")
+        if e and "calib_s" in e:
+            if not calib:
+                lines.append(f"* guest: kernel {e['kernel']}, {e['cpus']} vCPUs (QEMU TCG), "
+                             f"clocksource {e.get('clocksource', '?')}")
+            around = _get(r, "cold", "calib_s") or _get(r, "calib_s")
+            calib.append(f"{os.path.basename(name)[:-5]} {e['calib_s']}"
+                         + (f" ({around[0]} / {around[1]} just before / after the cold run)"
+                            if isinstance(around, list) else ""))
+    if calib:
+        lines.append("* CPU speed check (seconds for a fixed Python loop at the start of each boot; "
+                     "equal numbers = comparable runs, larger = a busier machine): " + ", ".join(calib))
+    ka = _load(d, "keepalived-1024.json")
+    if ka:
+        lines.append(f"* keepalived: {ka.get('version', '?')}; completion polled every 0.05 s from "
+                     f"/proc/net/ip_vs (one full read took up to {ka.get('poll_read_s_max', '?')} s)")
+    srcs = {}
+    for name in sorted(glob.glob(os.path.join(d, "*.json"))):
+        src = _get(_load(d, os.path.basename(name)), "pask")
+        if src:
+            srcs.setdefault(f"commit {src['commit']} + sources {src['sources_sha256']}", []).append(
+                os.path.basename(name)[:-5])
+    if srcs:
+        lines.append("* pask measured: " + "; ".join(f"{k} ({', '.join(v)})" for k, v in srcs.items())
+                     + ("  <- the code changed during the run" if len(srcs) > 1 else ""))
+    p = _load(d, "pask-1024.json")
+    if p:
+        lines.append(f"* pask-apply: `{' '.join(p.get('command', []))}`; first (cold-cache) "
+                     f"dry run in the boot: {_get(p, 'warm_up', 'first_dry_run_s')} s (not counted)")
+    return "\n".join(lines)
+
+
+def stages_table(d: str) -> str:
+    cold, noop = _load(d, "stages-cold.json"), _load(d, "stages-noop.json")
+    if not cold and not noop:
+        return ""
+    keys = ["interpreter start s", "imports: pask + yaml + jsonschema s",
+            "imports: backends + nftables s", "imports: backends (pyroute2, nftables) s"]
+    paths: list[str] = []
+    for src in (cold, noop):
+        for row in (src or {}).get("stages", []):
+            if row["path"] not in paths:
+                paths.append(row["path"])
+
+    def val(src, path):
+        for row in (src or {}).get("stages", []):
+            if row["path"] == path:
+                return f"{row['s']:.3f}" + (f" ({row['calls']} calls)" if row["calls"] > 1 else "")
+        return ""
+
+    out = ["| stage (wall seconds, in process) | cold apply | no-op apply |", "|---|---|---|"]
+    for k in keys:
+        if _get(cold, k) is not None or _get(noop, k) is not None:
+            out.append(f"| {k[:-2]} | {_get(cold, k) or ''} | {_get(noop, k) or ''} |")
+    order = sorted(paths, key=lambda p: _first_call_order(p, cold, noop))
+    for p in order:
+        out.append(f"| {'&nbsp;&nbsp;' * p.count(' > ')}{p.split(' > ')[-1]} | {val(cold, p)} | {val(noop, p)} |")
+    for k in ("apply_main outside stages s", "apply_main s", "total in process s"):
+        out.append(f"| {k[:-2]} | {_get(cold, k) or ''} | {_get(noop, k) or ''} |")
+    prof = _load(d, "profile-stages.json")
+    if prof:
+        out.append(f"| wall time of the child process (fork to exit) | {_get(prof, 'cold', 's')} | "
+                   f"{_get(prof, 'noop', 's')} |")
+    return "\n".join(out)
+
+
+PIPELINE = ["load_config", "yaml load", "validate", "schema validation", "semantic checks",
+            "build model", "state read", "health read", "fwmarks", "expand", "nft render", "observe",
+            "preflight", "diff", "plan text", "op json", "reconcile", "apply", "address batch",
+            "address add", "link add", "ipvs write (encode + kernel)", "verify",
+            "next state", "state write"]
+
+
+def _first_call_order(path: str, *_):
+    parts = path.split(" > ")
+    return [PIPELINE.index(p) if p in PIPELINE else 50 for p in parts]
+
+
+def cprofile_top(path: str, n: int = 25) -> str:
+    if not os.path.exists(path):
+        return ""
+    st = pstats.Stats(path)
+    rows = []
+    for (fn, line, name), (cc, nc, tt, ct, _) in st.stats.items():
+        short = fn
+        for marker in ("/pask_ipvs/", "/site-packages/", "/lib/python3.11/"):
+            if marker in fn:
+                short = fn.split(marker, 1)[1]
+                short = ("pask_ipvs/" if marker == "/pask_ipvs/" else "") + short
+                break
+        rows.append((ct, tt, nc, f"{short}:{line}({name})"))
+    total = max(r[0] for r in rows)
+    wrappers = ("cli.py:1(<module>)", "(main)", "(run_apply)", "(_run_group)")
+    pask = [r for r in rows if r[3].startswith("pask_ipvs/") and not r[3].endswith(wrappers)]
+    out = [f"cProfile of `{os.path.basename(path)}` (total {total:.2f} s under the profiler, which "
+           "slows pure Python 2-3x under TCG: read the shares, not the seconds)", "",
+           "| cumulative s | share | own s | calls | pask function |", "|---|---|---|---|---|"]
+    for ct, tt, nc, name in sorted(pask, reverse=True)[:n]:
+        out.append(f"| {ct:.2f} | {100 * ct / total:.0f}% | {tt:.2f} | {nc} | `{name}` |")
+    out += ["", "| own s | share | calls | function (any module, by own time) |", "|---|---|---|---|"]
+    for ct, tt, nc, name in sorted(rows, key=lambda r: -r[1])[:15]:
+        out.append(f"| {tt:.2f} | {100 * tt / total:.0f}% | {nc} | `{name}` |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dir")
+    ap.add_argument("--profile", action="store_true", help="add stage times and cProfile tables")
+    args = ap.parse_args(argv)
+    d = os.path.realpath(args.dir)
+    print(f"## pask-apply at scale vs keepalived and ipvsadm-restore ({os.path.basename(d)})\n")
+    print(results_table(d))
+    notes = env_notes(d)
+    if notes:
+        print(notes + "\n")
+    if args.profile:
+        st = stages_table(d)
+        if st:
+            print("### Where pask-apply's time goes (1024 x 32, fresh boot)\n")
+            print(st + "\n")
+        for prof in sorted(glob.glob(os.path.join(d, "*.prof"))):
+            print(cprofile_top(prof) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
