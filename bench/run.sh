@@ -3,7 +3,8 @@
 # ipvsadm-restore, in the IPVS test VM, every cold apply on a FRESH boot.
 #
 #   bench/run.sh            full table: 1024 x 32 (pask, keepalived, ipvsadm-restore),
-#                           scaling at 256 and 4096 x 32, and a profile (7 boots, ~15 min)
+#                           scaling at 256 and 4096 x 32, and a profile (7 boots, ~10 min
+#                           on an idle 2-core machine; much longer when other VMs run)
 #   bench/run.sh --quick    1024 x 32 only, each tool once (3 boots)
 #   bench/run.sh --no-profile   the full table without the two profiling boots
 #
@@ -29,7 +30,7 @@ for a in "$@"; do
     case $a in
         --quick) QUICK=1; PROFILE=0 ;;
         --no-profile) PROFILE=0 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) die "unknown option $a (see --help)" ;;
     esac
 done
