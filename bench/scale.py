@@ -271,8 +271,6 @@ STAGES = [  # (module, attribute, label); a class name in the module means its m
     ("pask_ipvs.backend.addr", "IPRouteAddr.observe", "addr observe"),
     ("pask_ipvs.backend.addr", "IPRouteAddr.add_link", "link add"),
     ("pask_ipvs.backend.addr", "IPRouteAddr.apply", "address batch"),
-    ("pask_ipvs.backend.addr", "IPRouteAddr.add_address", "address add"),
-    ("pask_ipvs.backend.addr", "IPRouteAddr.delete_address", "address delete"),
     ("pask_ipvs.backend.sysctl", "ProcSysctl.read", "sysctl read"),
     ("pask_ipvs.backend.sysctl", "ProcSysctl.write", "sysctl write"),
 ]

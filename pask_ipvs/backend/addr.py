@@ -96,23 +96,3 @@ class IPRouteAddr:
                 l.startswith("Command failed") for l in proc.stderr.splitlines()):
             errors.append(BackendError(f"ip -batch: {proc.stderr.strip()}", errno.EIO, ops[0]))
         return errors
-
-    def add_address(self, vip: VipAddress) -> None:
-        self._addr("add", vip)
-
-    def delete_address(self, vip: VipAddress) -> None:
-        self._addr("del", vip)
-
-    def _addr(self, cmd: str, vip: VipAddress) -> None:
-        idx = self._index(vip.interface)
-        if idx is None:
-            raise BackendError(f"interface {vip.interface} does not exist", errno.ENODEV)
-        try:
-            self.ipr.addr(cmd, index=idx, address=vip.addr, prefixlen=vip.prefixlen)
-        except Exception as e:
-            code = getattr(e, "code", 0) or getattr(e, "errno", 0) or 0
-            if cmd == "add" and code == errno.EEXIST:
-                return
-            if cmd == "del" and code in (errno.EADDRNOTAVAIL, errno.ENOENT):
-                return
-            raise BackendError(f"{cmd} address {vip}: {e}", code) from e

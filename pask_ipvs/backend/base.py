@@ -64,10 +64,6 @@ class AddrBackend(Protocol):
         """Address add/delete ops in one batch; every op attempted, one error per failed op.
         Adding an address that is there, or deleting one that is gone, is not an error."""
 
-    def add_address(self, vip: VipAddress) -> None: ...
-
-    def delete_address(self, vip: VipAddress) -> None: ...
-
 
 class SysctlBackend(Protocol):
     def read(self, keys: Iterable[str]) -> dict[str, str]:
