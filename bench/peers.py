@@ -29,6 +29,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -133,20 +134,26 @@ def ipvsadm_rules(desired) -> str:
 
 
 def changed_config(config_path: str, out_path: str) -> dict:
-    """The same config with the first real server of the first service at weight NEW_WEIGHT."""
+    """The same file with the first real server of the first service at weight NEW_WEIGHT,
+    edited as an operator would: that one line changes, the rest of the file is as it was
+    (gen_scale.py writes each real server as a one-line flow mapping)."""
     import yaml
     with open(config_path, encoding="utf-8") as f:
-        data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        text = f.read()
+    data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     svc = data["services"][0]
     rs = svc["real_servers"][0]
     old = rs.get("weight", 1)
-    rs["weight"] = NEW_WEIGHT if old != NEW_WEIGHT else NEW_WEIGHT + 1
+    new = NEW_WEIGHT if old != NEW_WEIGHT else NEW_WEIGHT + 1
+    line = re.compile(r"^(\s*- \{address: " + re.escape(str(rs["address"])) + r"\b[^}\n]*?)"
+                      r"(, weight: \d+)?\}$", re.M)
+    found = line.search(text, text.index(f"name: {svc['name']}"))
+    if found is None:
+        raise SystemExit(f"peers gen: no one-line real server {rs['address']} in {config_path}")
+    text = text[:found.start()] + f"{found.group(1)}, weight: {new}}}" + text[found.end():]
     with open(out_path, "w", encoding="utf-8") as f:
-        f.write(f"# {os.path.basename(config_path)} with {svc['name']}'s first real server "
-                f"at weight {rs['weight']} (bench/peers.py gen)\n")
-        yaml.dump(data, f, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
-                  default_flow_style=None, sort_keys=False)
-    return {"service": svc["name"], "old_weight": old, "new_weight": rs["weight"]}
+        f.write(text)
+    return {"service": svc["name"], "old_weight": old, "new_weight": new}
 
 
 def cmd_gen(args: argparse.Namespace) -> int:

@@ -171,45 +171,55 @@ def env_notes(d: str) -> str:
     return "\n".join(lines)
 
 
+STAGE_PHASES = (("cold", "cold apply"), ("noop", "no-op apply"), ("change", "one weight changed"))
+
+
 def stages_table(d: str) -> str:
-    cold, noop = _load(d, "stages-cold.json"), _load(d, "stages-noop.json")
-    if not cold and not noop:
+    runs = [(phase, title, _load(d, f"stages-{phase}.json")) for phase, title in STAGE_PHASES]
+    runs = [r for r in runs if r[2]]
+    if not runs:
         return ""
-    keys = ["interpreter start s", "imports: pask + yaml + jsonschema s",
+    srcs = [src for _, _, src in runs]
+    keys = ["interpreter start s", "imports: pask core s", "imports: pask + yaml + jsonschema s",
             "imports: backends + nftables s", "imports: backends (pyroute2, nftables) s"]
     paths: list[str] = []
-    for src in (cold, noop):
-        for row in (src or {}).get("stages", []):
+    for src in srcs:
+        for row in src.get("stages", []):
             if row["path"] not in paths:
                 paths.append(row["path"])
 
     def val(src, path):
-        for row in (src or {}).get("stages", []):
+        for row in src.get("stages", []):
             if row["path"] == path:
                 return f"{row['s']:.3f}" + (f" ({row['calls']} calls)" if row["calls"] > 1 else "")
         return ""
 
-    out = ["| stage (wall seconds, in process) | cold apply | no-op apply |", "|---|---|---|"]
+    def row(label, cells):
+        return f"| {label} | " + " | ".join(str(c) for c in cells) + " |"
+
+    out = [row("stage (wall seconds, in process)", [t for _, t, _ in runs]),
+           "|---|" + "---|" * len(runs)]
     for k in keys:
-        if _get(cold, k) is not None or _get(noop, k) is not None:
-            out.append(f"| {k[:-2]} | {_get(cold, k) or ''} | {_get(noop, k) or ''} |")
-    order = sorted(paths, key=lambda p: _first_call_order(p, cold, noop))
+        if any(_get(src, k) is not None for src in srcs):
+            out.append(row(k[:-2], [_get(src, k) or "" for src in srcs]))
+    order = sorted(paths, key=_first_call_order)
     for p in order:
-        out.append(f"| {'&nbsp;&nbsp;' * p.count(' > ')}{p.split(' > ')[-1]} | {val(cold, p)} | {val(noop, p)} |")
+        out.append(row(f"{'&nbsp;&nbsp;' * p.count(' > ')}{p.split(' > ')[-1]}",
+                       [val(src, p) for src in srcs]))
     for k in ("apply_main outside stages s", "apply_main s", "total in process s"):
-        out.append(f"| {k[:-2]} | {_get(cold, k) or ''} | {_get(noop, k) or ''} |")
+        out.append(row(k[:-2], [_get(src, k) or "" for src in srcs]))
     prof = _load(d, "profile-stages.json")
     if prof:
-        out.append(f"| wall time of the child process (fork to exit) | {_get(prof, 'cold', 's')} | "
-                   f"{_get(prof, 'noop', 's')} |")
+        out.append(row("wall time of the child process (fork to exit)",
+                       [_get(prof, phase, "s") for phase, _, _ in runs]))
     return "\n".join(out)
 
 
-PIPELINE = ["load_config", "yaml load", "validate", "schema validation", "semantic checks",
+PIPELINE = ["config (cache, else load_config)", "changed services parsed", "load_config", "yaml load", "validate", "schema validation", "semantic checks",
             "build model", "state read", "health read", "fwmarks", "expand", "nft render", "observe",
             "preflight", "diff", "plan text", "op json", "reconcile", "apply", "address batch",
             "address add", "link add", "ipvs write (encode + kernel)", "verify",
-            "next state", "state write"]
+            "next state", "state write", "config cache write"]
 
 
 def _first_call_order(path: str, *_):

@@ -149,6 +149,25 @@ def test_observe_matches_pyroute2(ipvs):
     )
 
 
+def test_observe_services_reads_what_observe_reads_for_those_keys(ipvs):
+    """GET_SERVICE of single keys (ip_vs_genl_get_cmd: ESRCH when missing) plus their
+    dest dumps give exactly observe()'s objects for those services, and nothing else."""
+    assert ipvs.apply([add(v) for v in MIX]) == []
+    whole = ipvs.observe()
+    missing = ServiceKey.virtual("tcp", "10.99.0.99", 80)
+    keys = (T, M8)
+    part = ipvs.observe_services([T, missing, M8])
+    assert part.services == {k: whole.services[k] for k in keys}
+    assert part.dests == {k: d for k, d in whole.dests.items() if k.service in keys}
+    assert part.dest_stats == {} and part.service_stats == {}
+    assert ipvs.observe_services([missing, ServiceKey.mark(99)]) == IpvsObserved()
+    with_stats = ipvs.observe_services([U, V6], stats=True)
+    assert set(with_stats.service_stats) == {U, V6}
+    assert set(with_stats.dest_stats) == {k for k in whole.dests if k.service in (U, V6)}
+    # the same socket goes on working after the ESRCH answers
+    assert ipvs.observe() == whole
+
+
 def _read_with_pyroute2():
     """Services and dests read through pyroute2 (an independent decoder); fwd read from
     the raw attribute (kernel-notes: IPVSDest.from_message misreports it)."""

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from .backend.base import BackendError, Backends
-from .kernel import Desired, NftObserved, Observed
+from .kernel import Desired, IpvsObserved, NftObserved, Observed, ServiceKey
 from .plan import DELETE, REPLACE, Op, Plan, diff
 from .state import PaskState
 
 IPVS_KINDS = ("service", "dest")
+# verify re-reads the IPVS services an apply touched, unless they are more than this
+# share of the table (a cold apply, a big change): then one whole-table read is cheaper.
+VERIFY_PARTIAL_MAX_FRACTION = 0.25
 Progress = Callable[[str], None]
 
 
@@ -28,13 +31,69 @@ def observe(desired: Desired, backends: Backends, *, stats: bool = False) -> Obs
     IPVS is read first: the generic-netlink lookup loads ip_vs, which creates
     the net.ipv4.vs.* sysctls read after it.
     """
-    ipvs = backends.ipvs.observe(stats=stats)
+    return _observe_rest(desired, backends, backends.ipvs.observe(stats=stats))
+
+
+def _observe_rest(desired: Desired, backends: Backends, ipvs: IpvsObserved) -> Observed:
+    """Everything but IPVS (cheap: one nft listing, one interface, a few sysctls)."""
     nft = backends.nft.observe()
     link, vips = (None, frozenset())
     if desired.vip_interface:
         link, vips = backends.addr.observe(desired.vip_interface)
     sysctls = backends.sysctl.read(desired.sysctls.keys())
     return Observed(ipvs=ipvs, nft=nft, link=link, vips=vips, sysctls=sysctls)
+
+
+def touched_services(ops: Iterable[Op]) -> set[ServiceKey]:
+    """The IPVS services ``ops`` write to: a service op's own key, a dest op's service."""
+    keys: set[ServiceKey] = set()
+    for op in ops:
+        if op.kind not in IPVS_KINDS:
+            continue
+        value = op.after if op.after is not None else op.before
+        keys.add(value.key if op.kind == "service" else value.service)   # type: ignore[union-attr]
+    return keys
+
+
+def observe_after(desired: Desired, backends: Backends, before: Observed, ops: Iterable[Op], *,
+                  stats: bool = False, also: Iterable[ServiceKey] = (),
+                  max_fraction: float = VERIFY_PARTIAL_MAX_FRACTION) -> Observed:
+    """What ``observe`` would read after ``ops`` ran on a kernel observed as ``before``,
+    at the cost of what the ops touched.
+
+    IPVS: ``before`` with the services the ops touched (and ``also``) read again
+    through ``observe_services``; a service gone from the kernel drops out with its
+    dests. When those are more than ``max_fraction`` of the services in ``before``
+    (a cold apply), one whole-table read is cheaper and is done instead. Everything
+    else is read whole, as ``observe`` does. Same result as ``observe`` as long as
+    nobody else changed the untouched services meanwhile (their counters are
+    ``before``'s; ``also`` names the services whose counters matter, e.g. draining)."""
+    keys = touched_services(ops) | set(also)
+    if len(keys) > max_fraction * len(before.ipvs.services):
+        ipvs = backends.ipvs.observe(stats=stats)
+    elif keys:
+        fresh = backends.ipvs.observe_services(sorted(keys), stats=stats)
+        ipvs = _replace_services(before.ipvs, fresh, keys)
+    else:                       # only nft, addresses or sysctls changed: IPVS is as it was
+        ipvs = _replace_services(before.ipvs, IpvsObserved(), keys)
+    return _observe_rest(desired, backends, ipvs)
+
+
+def _replace_services(before: IpvsObserved, fresh: IpvsObserved,
+                      keys: set[ServiceKey]) -> IpvsObserved:
+    """``before`` with every trace of ``keys`` replaced by ``fresh`` (a new object:
+    ``before`` is the caller's and stays as it was)."""
+    out = IpvsObserved(
+        services={k: v for k, v in before.services.items() if k not in keys},
+        dests={k: v for k, v in before.dests.items() if k.service not in keys},
+        service_stats={k: v for k, v in before.service_stats.items() if k not in keys},
+        dest_stats={k: v for k, v in before.dest_stats.items() if k.service not in keys},
+    )
+    out.services.update(fresh.services)
+    out.dests.update(fresh.dests)
+    out.service_stats.update(fresh.service_stats)
+    out.dest_stats.update(fresh.dest_stats)
+    return out
 
 
 def preflight(desired: Desired, backends: Backends) -> list[str]:
@@ -152,9 +211,21 @@ def _rollback(result: ApplyResult, backends: Backends) -> None:
 
 
 def verify(desired: Desired, backends: Backends, state: PaskState, *,
-           now: float | None = None, drain_timeout: int = 0) -> tuple[Plan, Observed]:
-    """Observe again and plan again: whatever remains is drift the apply did not fix."""
-    observed = observe(desired, backends, stats=drain_timeout > 0)
+           now: float | None = None, drain_timeout: int = 0,
+           before: Observed | None = None, ops: Iterable[Op] = ()) -> tuple[Plan, Observed]:
+    """Observe again and plan again: whatever remains is drift the apply did not fix.
+
+    Given ``before`` (the observation the plan was made from) and the ``ops`` that
+    were run, IPVS is read again only where the ops wrote (observe_after), so a
+    one-weight change costs one service's read, not the whole table's. Without
+    ``before``, everything is read again."""
+    stats = drain_timeout > 0
+    if before is None:
+        observed = observe(desired, backends, stats=stats)
+    else:
+        # draining dests' services too: their connection counts decide the next op
+        observed = observe_after(desired, backends, before, ops, stats=stats,
+                                 also={dkey.service for dkey in state.draining})
     return diff(desired, observed, state, now=time.time() if now is None else now,
                 drain_timeout=drain_timeout), observed
 
@@ -206,6 +277,9 @@ def reconcile(desired: Desired, observed: Observed, state: PaskState, fwmarks: d
         return Outcome(plan, None, plan, next_state(state, desired, fwmarks, plan, None, observed))
     result = execute(plan, backends, progress=progress)
     interim = next_state(state, desired, fwmarks, plan, result)
-    remaining, after = verify(desired, backends, interim, now=now, drain_timeout=drain_timeout)
+    # ``observed`` is what the plan was made from: verify re-reads only the IPVS
+    # services the plan's ops (and any rollback of them) wrote to.
+    remaining, after = verify(desired, backends, interim, now=now, drain_timeout=drain_timeout,
+                              before=observed, ops=plan.ops)
     return Outcome(plan, result, remaining,
                    next_state(state, desired, fwmarks, plan, result, after))

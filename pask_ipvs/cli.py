@@ -85,8 +85,8 @@ def run_apply(args: argparse.Namespace) -> int:
     from .apply import observe, preflight, reconcile
     from .backend.base import BackendError
     from .desired import expand
+    from .compiled import ConfigCache, cache_file_for
     from .errors import ConfigError
-    from .load import load_config
     from .plan import diff
     from .render.text import op_json, plan_text
     from .state import allocate_fwmarks, load_health, load_state, locked, save_state
@@ -107,14 +107,17 @@ def run_apply(args: argparse.Namespace) -> int:
             out.error(m)
         return finish(EXIT_ERROR)
 
+    cache = ConfigCache(None if args.offline else cache_file_for(args.state_file))
     try:
-        config = load_config(args.config)
+        config = cache.load(args.config)
     except ConfigError as e:
         return fail([str(p) for p in e.problems] +
                     [f"{args.config}: {len(e.problems)} problem(s); nothing was changed"])
     except OSError as e:
         return fail([f"{args.config}: cannot read config: {e.strerror}"])
 
+    if args.verbose:
+        out.progress(f"config: {cache.how}")
     try:
         with locked(args.state_file, exclusive=not dry_run):
             state = load_state(args.state_file)
@@ -145,6 +148,8 @@ def run_apply(args: argparse.Namespace) -> int:
                                 drain_timeout=config.drain_timeout,
                                 progress=None if args.quiet else out.progress)
             save_state(args.state_file, outcome.state)
+            if not cache.save() and args.verbose:
+                out.progress(f"could not write the config cache {cache.cache_file} (not needed)")
     except BlockingIOError:
         return fail([f"{args.state_file}: another pask-apply is running (lock held)"])
     except OSError as e:

@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY = textwrap.dedent("""
     import subprocess
     from pask_ipvs.backend.addr import IPRouteAddr
+    from pask_ipvs.backend.base import BackendError
     from pask_ipvs.kernel import VipAddress
     # this host has no dummy module: a bridge stands in for pask0
     subprocess.run(["ip", "link", "add", "pask0", "type", "bridge"], check=True)
@@ -21,9 +22,17 @@ BODY = textwrap.dedent("""
     assert a.observe("nope0") == (None, frozenset())
     link, vips = a.observe("pask0")
     assert link.kind == "bridge" and not link.up and vips == frozenset()
-    assert a._ipr is None, "observing must not import pyroute2"
     a.add_link("pask0")                       # exists: only set up
     assert a.observe("pask0")[0].up
+    import sys
+    assert "pyroute2" not in sys.modules, "the address backend must not import pyroute2"
+    # this host's kernel has no dummy driver: the error says so, and names the link
+    try:
+        a.add_link("pask9")
+    except BackendError as e:
+        assert "pask9" in str(e) and "dummy module" in str(e), e
+    else:
+        raise AssertionError("add_link without a dummy driver must fail")
     # the batch path the executor uses: one ip -batch for every op
     from pask_ipvs.plan import Op
     b = IPRouteAddr()
@@ -37,7 +46,7 @@ BODY = textwrap.dedent("""
     bad = VipAddress("nope0", "10.99.100.200", 32)
     errs = b.apply([adds[20], Op("add", "address", str(bad), None, bad), adds[21]])
     assert [e.op.after for e in errs] == [bad], errs
-    assert b._ipr is None, "the batch path must not import pyroute2"
+    assert "pyroute2" not in sys.modules, "the batch path must not import pyroute2"
     print("ok")
 """)
 

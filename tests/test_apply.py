@@ -1,17 +1,20 @@
 """observe -> plan -> execute -> verify against fakes that behave like the kernel."""
 
 import errno
+import math
 from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from builders import config, exclude, include, many, rs, svc
-from pask_ipvs.apply import execute, observe, preflight, reconcile as run_reconcile
+from pask_ipvs.apply import (
+    execute, observe, observe_after, preflight, reconcile as run_reconcile, touched_services, verify,
+)
 from pask_ipvs.backend.base import BackendError
 from pask_ipvs.backend.fake import fake_backends, kernel_writes
 from pask_ipvs.desired import expand
-from pask_ipvs.kernel import IpvsDest, IpvsService, ServiceKey
+from pask_ipvs.kernel import DestKey, IpvsDest, IpvsService, ServiceKey
 from pask_ipvs.plan import Op, diff
 from pask_ipvs.state import PaskState, allocate_fwmarks
 
@@ -112,6 +115,158 @@ def test_scale_plan_then_noop_is_empty():
     assert plan2.ops == ()
 
 
+# -- verify reads back what the apply wrote, not the whole table ----------------------
+
+def _reweigh(cfg, index: int, weight: int):
+    """cfg with the first real server of service ``index`` at another weight."""
+    services = list(cfg.services)
+    s = services[index]
+    services[index] = replace(s, real_servers=(replace(s.real_servers[0], weight=weight),)
+                              + s.real_servers[1:])
+    return replace(cfg, services=tuple(services))
+
+
+def _run(cfg, b, state, **kw):
+    """One pask-apply run as cli.py makes it (observe, then reconcile); reads counted from here."""
+    b.ipvs.observe_calls, b.ipvs.observe_services_calls = 0, []
+    marks = fwmarks_for(cfg, state)
+    desired = expand(cfg, marks)
+    observed = observe(desired, b, stats=kw.get("drain_timeout", 0) > 0)
+    return run_reconcile(desired, observed, state, marks, b, **kw)
+
+
+def test_verify_after_one_weight_change_reads_only_that_service():
+    b = fake_backends()
+    cfg = many(16, 4)
+    _, _, state = reconcile(cfg, b)
+    out = _run(_reweigh(cfg, 5, 7), b, state)
+    (op,) = out.plan.ops
+    assert (op.action, op.kind, op.after.weight) == ("set", "dest", 7)
+    assert b.ipvs.observe_calls == 1                       # the run's own read, before the plan
+    assert b.ipvs.observe_services_calls == [[op.after.service]]
+    assert out.result.ok and not out.remaining.changed
+
+
+def test_verify_of_a_change_outside_ipvs_reads_no_ipvs_service():
+    b = fake_backends()
+    cfg = many(8, 2)
+    _, _, state = reconcile(cfg, b)
+    b.sysctl.values["net.ipv4.ip_forward"] = "0"           # drift outside IPVS
+    out = _run(cfg, b, state)
+    assert [op.kind for op in out.plan.ops] == ["sysctl"]
+    assert b.ipvs.observe_calls == 1 and b.ipvs.observe_services_calls == []
+    assert not out.remaining.changed
+
+
+def test_verify_reports_drift_in_a_touched_service(monkeypatch):
+    """A write the kernel took differently (here: every weight set lands one higher)
+    is what verify exists for, and the partial read must still see it."""
+    b = fake_backends()
+    cfg = many(16, 4)
+    _, _, state = reconcile(cfg, b)
+    real_apply = b.ipvs.apply
+
+    def apply_off_by_one(ops):
+        errors = real_apply(ops)
+        for op in ops:
+            if (op.kind, op.action) == ("dest", "set"):
+                d = op.after
+                b.ipvs.dests[d.service][d.key] = replace(d, weight=d.weight + 1)
+        return errors
+
+    monkeypatch.setattr(b.ipvs, "apply", apply_off_by_one)
+    out = _run(_reweigh(cfg, 3, 9), b, state)
+    assert out.result.ok and b.ipvs.observe_calls == 1 and len(b.ipvs.observe_services_calls) == 1
+    (drift,) = out.remaining.ops
+    assert (drift.action, drift.kind, drift.before.weight, drift.after.weight) == ("set", "dest", 10, 9)
+
+
+def test_verify_sees_a_touched_service_that_is_gone():
+    """A service deleted by the apply drops out of the partial read (the kernel's ESRCH);
+    one deleted although the plan only changed a weight in it is drift."""
+    b = fake_backends()
+    cfg = many(16, 2)
+    _, _, state = reconcile(cfg, b)
+    smaller = replace(cfg, services=cfg.services[1:])
+    out = _run(smaller, b, state)
+    assert [op.action for op in out.plan.ops if op.kind in ("service", "dest")] == ["delete"]
+    assert len(b.ipvs.observe_services_calls) == 1 and not out.remaining.changed
+    state = out.state
+
+    real_apply = b.ipvs.apply
+
+    def apply_and_lose_the_service(ops):
+        errors = real_apply(ops)
+        key = ops[0].after.service
+        real_apply([Op("delete", "service", str(key), b.ipvs.services[key], None)])
+        return errors
+
+    b.ipvs.apply = apply_and_lose_the_service
+    out = _run(_reweigh(smaller, 0, 5), b, state)
+    assert b.ipvs.observe_calls == 1
+    assert {(op.action, op.kind) for op in out.remaining.ops} == {("add", "service"), ("add", "dest")}
+
+
+@pytest.mark.parametrize("touched", [5, 16])
+def test_verify_of_a_big_plan_reads_the_whole_table(touched):
+    b = fake_backends()
+    cfg = many(16, 2)
+    _, _, state = reconcile(cfg, b)
+    changed = cfg
+    for i in range(touched):                   # 5 of 16 is more than a quarter
+        changed = _reweigh(changed, i, 3)
+    out = _run(changed, b, state)
+    assert len(touched_services(out.plan.ops)) == touched
+    assert b.ipvs.observe_calls == 2 and b.ipvs.observe_services_calls == []
+    assert not out.remaining.changed
+
+
+def test_verify_of_a_cold_apply_reads_the_whole_table():
+    b = fake_backends()
+    out = _run(many(8, 2), b, PaskState())
+    assert out.plan.changed and not out.remaining.changed
+    assert b.ipvs.observe_calls == 2 and b.ipvs.observe_services_calls == []
+
+
+def test_verify_rereads_draining_services_for_their_connections():
+    """A dest draining at weight 0 has no op in the next plan, yet its connection
+    count decides the next op: verify reads its service too, with counters."""
+    b = fake_backends()
+    cfg = replace(many(8, 2), drain_timeout=600)
+    _, _, state = reconcile(cfg, b)
+    first = cfg.services[0]
+    gone = replace(first, real_servers=first.real_servers[1:])
+    cfg2 = replace(cfg, services=(gone,) + cfg.services[1:])
+    key = ServiceKey.virtual("tcp", first.vip, first.port)
+    dkey = DestKey(key, first.real_servers[0].address, first.real_servers[0].port)
+    b.ipvs.set_conns(dkey, 3)
+    out = _run(cfg2, b, state, drain_timeout=600)
+    (op,) = out.plan.ops
+    assert (op.action, op.reason, op.after.weight) == ("set", "drain", 0)
+    assert not out.remaining.changed and dkey in out.state.draining
+    # next run: the draining dest needs no op, another service changes
+    out = _run(_reweigh(cfg2, 4, 6), b, out.state, drain_timeout=600)
+    (op,) = out.plan.ops
+    assert op.after.service != key and dkey in out.plan.draining
+    assert b.ipvs.observe_services_calls == [sorted({key, op.after.service})]
+    assert not out.remaining.changed
+
+
+def test_verify_leaves_the_callers_observation_as_it_was():
+    b = fake_backends()
+    cfg = many(16, 2)
+    _, _, state = reconcile(cfg, b)
+    marks = fwmarks_for(cfg, state)
+    desired = expand(_reweigh(cfg, 2, 4), marks)
+    before = observe(desired, b)
+    kept = (dict(before.ipvs.services), dict(before.ipvs.dests))
+    plan = diff(desired, before, state)
+    assert execute(plan, b).ok
+    remaining, after = verify(desired, b, state, before=before, ops=plan.ops)
+    assert not remaining.changed and after == observe(desired, b)
+    assert (before.ipvs.services, before.ipvs.dests) == kept
+
+
 # -- property: whatever the config, apply then plan again is empty -------------------
 
 modes = st.sampled_from(["dest-nat", "both-nat", "l2-dsr", "l3-dsr", "lan-to-lan"])
@@ -153,3 +308,23 @@ def test_property_apply_converges_from_any_previous_config(first, second):
                  observe(expand(second, fwmarks_for(second, state)), b), state)
     assert again.ops == ()
     assert FOREIGN in b.ipvs.observe().services
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first=configs(), second=configs(), stats=st.booleans())
+def test_property_partial_read_after_apply_equals_a_full_observe(first, second, stats):
+    """Whatever ran (adds, sets, deletes of services and dests, nft, addresses), the
+    observation patched with the touched services equals reading everything again."""
+    b = fake_backends()
+    b.ipvs.apply([Op("add", "service", "f", None, IpvsService(FOREIGN, "wlc")),
+                  Op("add", "dest", "f", None, IpvsDest(FOREIGN, "10.99.9.9", 80))])
+    _, _, state = reconcile(first, b)
+    marks = fwmarks_for(second, state)
+    desired = expand(second, marks)
+    before = observe(desired, b, stats=stats)
+    plan = diff(desired, before, state)
+    assert execute(plan, b).ok
+    b.ipvs.observe_calls = 0
+    after = observe_after(desired, b, before, plan.ops, stats=stats, max_fraction=math.inf)
+    assert b.ipvs.observe_calls == 0                  # partial, however much was touched
+    assert after == observe(desired, b, stats=stats)

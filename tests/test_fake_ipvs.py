@@ -205,3 +205,18 @@ def test_observe_returns_a_snapshot(fake):
     fake.apply([delete(DEST)])
     assert DEST.key in seen.dests
     assert DestKey(VIP, "10.99.1.1", 80) not in fake.observe().dests
+
+
+def test_observe_services_reads_only_those_keys(fake):
+    other = ServiceKey.virtual("udp", "10.99.0.2", 53)
+    missing = ServiceKey.virtual("tcp", "10.99.0.99", 80)
+    fake.apply([add(IpvsService(other, "wlc")), add(IpvsDest(other, "10.99.1.2", 53))])
+    fake.set_conns(DEST.key, 2)
+    seen = fake.observe_services([VIP, missing], stats=True)
+    whole = fake.observe(stats=True)
+    assert seen.services == {VIP: SVC} and seen.dests == {DEST.key: DEST}
+    assert seen.dest_stats == {DEST.key: whole.dest_stats[DEST.key]}
+    assert seen.service_stats == {VIP: whole.service_stats[VIP]}
+    assert fake.observe_services([missing]).services == {}
+    assert fake.observe_services([VIP]).dest_stats == {}            # stats only when asked
+    assert fake.observe_services_calls == [[VIP, missing], [missing], [VIP]]

@@ -357,6 +357,41 @@ def test_dump_requests():
     assert set(_top(msg)) == {w.IPVS_CMD_ATTR_SERVICE}
 
 
+GOLDEN_GET_SERVICE = _hex(
+    "44000000 2500 0100 0b000000 00000000",     # nlmsghdr: len 68, REQUEST only (no DUMP), seq 11
+    "04 01 0000",                               # genl: GET_SERVICE, version 1
+    "3000 0180",                                # nested service key, nothing else
+    "0600 0100 0200 0000",
+    "0600 0200 0600 0000",
+    "1400 0300 0a630001 000000000000000000000000",
+    "0600 0400 0050 0000",
+)
+
+
+def test_golden_get_service():
+    """One service, not a dump: the kernel's ip_vs_genl_get_cmd answers NEW_SERVICE or ESRCH."""
+    assert w.IpvsEncoder(FAMILY).get_service(VIP, 11) == GOLDEN_GET_SERVICE
+
+
+@pytest.mark.parametrize("key", [VIP, ServiceKey.virtual("udp", "fd00::10", 53),
+                                 ServiceKey.mark(7), ServiceKey.mark(8, 6)])
+def test_pyroute2_decodes_our_get_service(key):
+    msg = _pyroute2_decode(w.IpvsEncoder(FAMILY).get_service(key, 12))
+    assert msg["cmd"] == w.IPVS_CMD_GET_SERVICE
+    assert msg["header"]["type"] == FAMILY and msg["header"]["sequence_number"] == 12
+    assert msg["header"]["flags"] == w.NLM_F_REQUEST
+    svc = msg.get_attr("IPVS_CMD_ATTR_SERVICE")
+    assert svc.get_attr("IPVS_SVC_ATTR_AF") == w.AF_TO_WIRE[key.af]
+    assert svc.get_attr("IPVS_SVC_ATTR_SCHED_NAME") is None     # a key, not settings
+    if key.fwmark:
+        assert svc.get_attr("IPVS_SVC_ATTR_FWMARK") == key.fwmark
+        assert svc.get_attr("IPVS_SVC_ATTR_ADDR") is None
+    else:
+        assert svc.get_attr("IPVS_SVC_ATTR_PROTOCOL") == w.PROTO_TO_WIRE[key.protocol]
+        assert svc.get_attr("IPVS_SVC_ATTR_ADDR") == key.addr
+        assert svc.get_attr("IPVS_SVC_ATTR_PORT") == key.port
+
+
 # --------------------------------------------------------------------------
 # replies: acks, errors, family id, several messages per buffer
 
@@ -439,6 +474,21 @@ def test_kernel_service_reply_decodes():
     svc, stats = w.decode_service(KERNEL_SERVICE_REPLY, hdr, with_stats=True)
     assert svc == IpvsService(KERNEL_KEY, "wrr", frozenset({"persistent"}), 300, 24)
     assert stats == Stats()
+
+
+def test_get_service_key_is_the_kernels_own_key():
+    """The key attributes we ask with are byte for byte those Linux 6.1 puts in its
+    reply for that service, and that reply decodes to the key asked for."""
+    request = w.IpvsEncoder(KERNEL_FAMILY).get_service(KERNEL_KEY, 1)
+    asked = w.parse_attrs(request, *_top(request)[w.IPVS_CMD_ATTR_SERVICE])
+    (hdr,) = w.iter_messages(KERNEL_SERVICE_REPLY, len(KERNEL_SERVICE_REPLY))
+    got = w.parse_attrs(KERNEL_SERVICE_REPLY, *w.parse_attrs(
+        KERNEL_SERVICE_REPLY, hdr.start + w.GENL_HDR.size, hdr.end)[w.IPVS_CMD_ATTR_SERVICE])
+    assert set(asked) == {w.IPVS_SVC_ATTR_AF, w.IPVS_SVC_ATTR_PROTOCOL, w.IPVS_SVC_ATTR_ADDR,
+                          w.IPVS_SVC_ATTR_PORT}
+    for attr, (s, e) in asked.items():
+        assert request[s:e] == KERNEL_SERVICE_REPLY[got[attr][0]:got[attr][1]], attr
+    assert w.decode_service(KERNEL_SERVICE_REPLY, hdr)[0].key == KERNEL_KEY
 
 
 def test_kernel_dest_reply_decodes_generically():

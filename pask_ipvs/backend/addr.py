@@ -1,4 +1,4 @@
-"""VIP addresses on pask's dummy interface, through pyroute2 (rtnetlink)."""
+"""VIP addresses on pask's dummy interface, through iproute2's ``ip``."""
 
 from __future__ import annotations
 
@@ -24,21 +24,9 @@ def _ip_json(*args: str) -> list[dict]:
 
 
 class IPRouteAddr:
-    """Imports pyroute2 lazily: it costs seconds to import under emulation."""
-
-    def __init__(self):
-        self._ipr = None
-
-    @property
-    def ipr(self):
-        if self._ipr is None:
-            from pyroute2 import IPRoute
-            self._ipr = IPRoute()
-        return self._ipr
-
-    def _index(self, name: str) -> int | None:
-        found = self.ipr.link_lookup(ifname=name)
-        return found[0] if found else None
+    """Addresses and pask's dummy link through iproute2 (``ip -j`` to read, ``ip -batch``
+    to write): one process per run instead of pyroute2, whose import alone costs
+    over a second under emulation (docs/performance.md)."""
 
     def observe(self, interface: str) -> tuple[LinkObserved | None, frozenset[VipAddress]]:
         """Read through iproute2's JSON output: importing pyroute2 costs seconds under
@@ -57,42 +45,65 @@ class IPRouteAddr:
         return LinkObserved(interface, kind, up), vips
 
     def add_link(self, name: str) -> None:
-        try:
-            if self._index(name) is None:
-                self.ipr.link("add", ifname=name, kind="dummy")
-            self.ipr.link("set", index=self._index(name), state="up")
-        except Exception as e:  # pyroute2 raises NetlinkError (an OSError subclass in 0.9)
-            code = getattr(e, "code", 0) or getattr(e, "errno", 0) or 0
-            hint = " (is the dummy module available?)" if code == errno.EOPNOTSUPP else ""
-            raise BackendError(f"create dummy interface {name}: {e}{hint}", code) from e
+        """``ip link add NAME type dummy`` then set it up; an existing link is only set up."""
+        script = f"link add {name} type dummy\nlink set {name} up\n"
+        proc = _ip_batch(script)
+        if proc.returncode == 0:
+            return
+        failed, reason = _batch_failures(proc.stderr), ""
+        for n, why in failed:
+            if n == 1 and "File exists" in why:
+                continue                      # already there (maybe not dummy: observe tells)
+            reason = why or "failed"
+            hint = (" (is the dummy module available?)"
+                    if n == 1 and ("Unknown device type" in why or "not supported" in why) else "")
+            raise BackendError(f"create dummy interface {name}: {reason}{hint}",
+                               errno.EOPNOTSUPP if hint else errno.EIO)
+        if not failed:
+            raise BackendError(f"create dummy interface {name}: {proc.stderr.strip()}", errno.EIO)
 
     def apply(self, ops) -> list[BackendError]:
         """All address ops through one ``ip -force -batch -``: one process instead of a
-        netlink round trip plus pyroute2's import per VIP (10 s for 1024 VIPs in the VM)."""
+        netlink round trip per VIP (10 s for 1024 VIPs in the VM)."""
         lines = []
         for op in ops:
             vip = op.before if op.action == "delete" else op.after
             verb = "del" if op.action == "delete" else "replace"   # replace: add, EEXIST-safe
             lines.append(f"address {verb} {vip.addr}/{vip.prefixlen} dev {vip.interface}\n")
-        proc = subprocess.run(["ip", "-force", "-batch", "-"], input="".join(lines),
-                              capture_output=True, text=True, timeout=300)
+        proc = _ip_batch("".join(lines))
         if proc.returncode == 0:
             return []
+        failed = _batch_failures(proc.stderr)
+        if not failed:
+            return [BackendError(f"ip -batch: {proc.stderr.strip()}", errno.EIO, ops[0])]
         errors = []
-        reason = ""
-        for line in proc.stderr.splitlines():
-            if line.startswith("Command failed -:"):
-                n = int(line.rsplit(":", 1)[1]) - 1
-                op = ops[n]
-                gone = op.action == "delete" and ("Address not found" in reason
-                                                  or "Cannot assign" in reason)
-                if not gone:
-                    errors.append(BackendError(f"{lines[n].strip()}: {reason or 'failed'}",
-                                               errno.EIO, op))
-                reason = ""
-            elif line.strip():
-                reason = line.strip()
-        if not errors and proc.returncode != 0 and not any(
-                l.startswith("Command failed") for l in proc.stderr.splitlines()):
-            errors.append(BackendError(f"ip -batch: {proc.stderr.strip()}", errno.EIO, ops[0]))
+        for n, reason in failed:
+            op = ops[n - 1]
+            gone = op.action == "delete" and ("Address not found" in reason
+                                              or "Cannot assign" in reason)
+            if not gone:
+                errors.append(BackendError(f"{lines[n - 1].strip()}: {reason or 'failed'}",
+                                           errno.EIO, op))
         return errors
+
+
+def _ip_batch(script: str) -> subprocess.CompletedProcess:
+    """``ip -force -batch -``: every line is tried, failures are reported by line number."""
+    try:
+        return subprocess.run(["ip", "-force", "-batch", "-"], input=script,
+                              capture_output=True, text=True, timeout=300)
+    except FileNotFoundError as e:
+        raise BackendError("the ip command (iproute2) is not installed", errno.ENOENT) from e
+
+
+def _batch_failures(stderr: str) -> list[tuple[int, str]]:
+    """[(line number, reason)] from ``ip -batch``'s stderr: a reason line, then
+    'Command failed -:N'."""
+    failed, reason = [], ""
+    for line in stderr.splitlines():
+        if line.startswith("Command failed -:"):
+            failed.append((int(line.rsplit(":", 1)[1]), reason))
+            reason = ""
+        elif line.strip():
+            reason = line.strip()
+    return failed

@@ -11,7 +11,7 @@ import errno as _errno
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
 
-from ..kernel import IpvsObserved, LinkObserved, NftObserved, NftTable, VipAddress
+from ..kernel import IpvsObserved, LinkObserved, NftObserved, NftTable, ServiceKey, VipAddress
 
 
 class BackendError(Exception):
@@ -30,6 +30,11 @@ class BackendError(Exception):
 class IpvsBackend(Protocol):
     def observe(self, stats: bool = False) -> IpvsObserved:
         """The whole IPVS table (every service, pask's or not). Stats only when asked."""
+
+    def observe_services(self, keys: Iterable[ServiceKey], stats: bool = False) -> IpvsObserved:
+        """Only the services ``keys`` name, with their dests (stats only when asked).
+        A key the kernel does not hold is simply absent from the result. Costs what
+        the keys cost, not the whole table: verify reads back what an apply wrote."""
 
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
         """Run service/dest ops in order (batched). The kernel goes on after a failed

@@ -88,7 +88,9 @@ _IPVSADM_FWD = {FWD_MASQ: "-m", FWD_ROUTE: "-g", FWD_TUNNEL: "-i"}
 
 class FakeIpvs:
     """IpvsBackend in memory. ``writes`` counts kernel objects written (successful
-    add/set/delete ops) so a test can assert that a no-op apply writes nothing."""
+    add/set/delete ops) so a test can assert that a no-op apply writes nothing;
+    ``observe_calls`` and ``observe_services_calls`` count reads, so a test can
+    assert what a verify read."""
 
     def __init__(self, *, available_schedulers: Iterable[str] = KERNEL_SCHEDULERS):
         self.available_schedulers = frozenset(available_schedulers)
@@ -98,20 +100,27 @@ class FakeIpvs:
         self.dest_stats: dict[DestKey, DestStats] = {}
         self.writes = 0
         self.applied: list[object] = []          # the ops that succeeded, in order
+        self.observe_calls = 0                   # whole-table reads
+        self.observe_services_calls: list[list[ServiceKey]] = []   # the keys of each partial read
         self._encoder = wire.IpvsEncoder(family=0)
 
     # IpvsBackend ------------------------------------------------------------
 
     def observe(self, stats: bool = False) -> IpvsObserved:
+        self.observe_calls += 1
         out = IpvsObserved()
-        for key, svc in self.services.items():
-            out.services[key] = svc
-            if stats:
-                out.service_stats[key] = self.service_stats.get(key, Stats())
-            for dkey, dest in self.dests[key].items():
-                out.dests[dkey] = dest
-                if stats:
-                    out.dest_stats[dkey] = self.dest_stats.get(dkey, DestStats())
+        for key in self.services:
+            self._read_service(out, key, stats)
+        return out
+
+    def observe_services(self, keys: Iterable[ServiceKey], stats: bool = False) -> IpvsObserved:
+        """Only these services; one the table does not hold is left out (the kernel: ESRCH)."""
+        keys = list(dict.fromkeys(keys))
+        self.observe_services_calls.append(keys)
+        out = IpvsObserved()
+        for key in keys:
+            if key in self.services:
+                self._read_service(out, key, stats)
         return out
 
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
@@ -179,6 +188,15 @@ class FakeIpvs:
                     line += " --tun-type ipip"
                 lines.append(line)
         return "".join(line + "\n" for line in lines)
+
+    def _read_service(self, out: IpvsObserved, key: ServiceKey, stats: bool) -> None:
+        out.services[key] = self.services[key]
+        if stats:
+            out.service_stats[key] = self.service_stats.get(key, Stats())
+        for dkey, dest in self.dests[key].items():
+            out.dests[dkey] = dest
+            if stats:
+                out.dest_stats[dkey] = self.dest_stats.get(dkey, DestStats())
 
     # the kernel's checks, in its order ---------------------------------------
 

@@ -382,6 +382,13 @@ class IpvsEncoder:
         return message(self.family, NLM_F_REQUEST | NLM_F_DUMP, seq, IPVS_CMD_GET_SERVICE,
                        IPVS_GENL_VERSION, b"")
 
+    def get_service(self, key: ServiceKey, seq: int) -> bytes:
+        """GET_SERVICE of one service (not a dump): the kernel answers one NEW_SERVICE
+        message, or an error ack (ESRCH when no such service) — errors are acked
+        without NLM_F_ACK, so none is asked for."""
+        return message(self.family, NLM_F_REQUEST, seq, IPVS_CMD_GET_SERVICE,
+                       IPVS_GENL_VERSION, self.service_key_nest(key))
+
     def get_dests(self, key: ServiceKey, seq: int) -> bytes:
         """GET_DEST dump of one service (named by its key, nested)."""
         return message(self.family, NLM_F_REQUEST | NLM_F_DUMP, seq, IPVS_CMD_GET_DEST,
@@ -566,7 +573,8 @@ def _nested(buf, hdr: Header, attr: int) -> dict[int, tuple[int, int]]:
 
 
 def decode_service(buf, hdr: Header, with_stats: bool = False) -> tuple[IpvsService, Stats | None]:
-    """One GET_SERVICE dump message -> (IpvsService, Stats or None)."""
+    """One GET_SERVICE reply (a dump message or the answer to one key) -> (IpvsService,
+    Stats or None)."""
     a = _nested(buf, hdr, IPVS_CMD_ATTR_SERVICE)
     af = AF_FROM_WIRE[_u16(buf, a[IPVS_SVC_ATTR_AF])]
     fwmark = _u32(buf, a[IPVS_SVC_ATTR_FWMARK]) if IPVS_SVC_ATTR_FWMARK in a else 0

@@ -1,0 +1,297 @@
+"""Validated configs kept between runs, so an unchanged or slightly changed big file is not parsed again.
+
+Parsing and validating YAML is most of a pask-apply run at 1024 x 32
+(docs/performance.md), and most runs see the file of the previous run, or
+that file with one service edited.  The cache remembers, next to the state
+file, the model of every ``services:`` item by the digest of its text:
+
+* the same file (same bytes, same pask code): its model, nothing parsed;
+* some items edited: only those items are parsed and validated, the rest
+  come from the cache; the rules that relate services (unique names, VIP +
+  port + protocol, fwmarks) are checked again over the whole list;
+* anything unusual (anchors, tags, block scalars, flow-style ``services``,
+  tabs, a problem in the file): the ordinary full load (``load.load_config``),
+  whose errors carry exact lines.  The cache never reports a problem itself.
+
+Every model in the cache went through the full checks once.  The cache is a
+pickle: it is read only when it belongs to this user and nobody else can
+write it, and a cache that cannot be read or written is just not used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import sys
+import tempfile
+
+from . import __version__
+from .errors import ConfigError, Problem
+from .model import Config, Service
+
+CACHE_NAME = "config-cache.pickle"
+FORMAT = 1
+FULL_PARSE_SHARE = 8       # more than 1/8 of the items new: one full load is cheaper than N small ones
+
+# Modules and data whose code decides what a file means: a change to any of them empties the cache.
+_CODE_FILES = ("compiled.py", "load.py", "validate.py", "model.py", "errors.py",
+               os.path.join("schemas", "pask.schema.json"))
+
+# YAML features a line-based split cannot follow safely: anchors/aliases, tags,
+# block scalars, directives, tabs, CR line ends, document markers, a BOM.
+_UNSAFE_CHARS = ("&", "*", "!", "|", ">", "%", "\t", "\r", "\ufeff")
+# Patterns start with a literal "\n" (the text is searched with one put in front):
+# re then skips to each newline at C speed, where "^" with re.M tries every position.
+_DOC_MARKER = re.compile(r"\n(?:---|\.\.\.)(?:[ \n]|$)")
+_SERVICES_KEY = re.compile(r"\nservices:[ ]*(?:#[^\n]*)?(?=\n|$)")
+_FIRST_ITEM = re.compile(r"\n( *)- ")
+_TOP_LEVEL = re.compile(r"\n[^ \n#]")
+_TOP_LEVEL_NOT_ITEM = re.compile(r"\n(?!- )[^ \n#]")
+_BLANK_OR_COMMENT = re.compile(r"(?:\n[ ]*(?:#[^\n]*)?)*")
+
+
+def cache_file_for(state_file: str) -> str:
+    """The cache lives beside the state file (/var/lib/pask/config-cache.pickle)."""
+    return os.path.join(os.path.dirname(os.path.abspath(state_file)), CACHE_NAME)
+
+
+def code_digest() -> bytes:
+    here = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256(f"{FORMAT} {__version__} {sys.version}".encode())
+    for name in _CODE_FILES:
+        try:
+            with open(os.path.join(here, name), "rb") as f:
+                h.update(f.read())
+        except OSError:
+            h.update(b"missing " + name.encode())
+    return h.digest()
+
+
+def split_services(text: str) -> tuple[str, list[str]] | None:
+    """(the file without its ``services:`` block, the text of each item), or None
+    when the file uses YAML a line split cannot follow (then: a full load).
+
+    Each item's text keeps its indentation, so it parses alone exactly as it
+    does inside the file: a block sequence at that indentation."""
+    if any(c in text for c in _UNSAFE_CHARS):
+        return None
+    t = "\n" + text                      # every line, the first too, follows a "\n"
+    if _DOC_MARKER.search(t):
+        return None
+    keys = list(_SERVICES_KEY.finditer(t))
+    if len(keys) != 1:
+        return None
+    begin = keys[0].end()
+    first = _FIRST_ITEM.search(t, begin)
+    if first is None or not _BLANK_OR_COMMENT.fullmatch(t, begin, first.start()):
+        return None
+    indent = len(first.group(1))
+    # the block ends at the next top-level key (items at column 0: at the next line
+    # at column 0 that is not an item)
+    found = (_TOP_LEVEL_NOT_ITEM if indent == 0 else _TOP_LEVEL).search(t, first.start())
+    end = found.start() if found else len(t)
+    block = t[first.start():end]          # "\n  - name: ...\n    vip: ...\n  - ..."
+    # inside the block, no line starts left of the items, nor at their column
+    # unless it starts an item
+    if indent and re.search(rf"\n {{0,{indent - 1}}}[^ \n#]|\n {{{indent}}}(?!- )[^ \n#]", block):
+        return None
+    starts = [m.start() + 1 for m in re.finditer(rf"\n {{{indent}}}- ", block)]
+    items = [block[a:b] for a, b in zip(starts, starts[1:] + [len(block)])]
+    items = [item if item.endswith("\n") else item + "\n" for item in items]
+    head = t[1:keys[0].start() + 1] + t[end + 1:]
+    return head, items
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+class ConfigCache:
+    """``load(path)`` -> Config, from the cache where it can; ``save()`` keeps what was learnt.
+
+    ``how`` says what happened (for ``-v``): 'cached', 'N of M services parsed', 'full'."""
+
+    def __init__(self, cache_file: str | None):
+        self.cache_file = cache_file
+        self.how = ""
+        self._entry: dict | None = None       # what save() writes
+        self._dirty = False
+
+    # -- reading -----------------------------------------------------------------
+    def _read(self) -> dict | None:
+        if not self.cache_file:
+            return None
+        try:
+            with open(self.cache_file, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                    return None                   # not ours alone: never unpickle it
+                entry = pickle.load(f)
+        except Exception:                         # missing, unreadable, truncated, old format
+            return None
+        if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+            return None
+        return entry
+
+    def load(self, path: str, text: str | None = None) -> Config:
+        from .load import load_config
+
+        if text is None:
+            text = _read_text(path)
+        code = code_digest()
+        file_digest = hashlib.sha256(code + text.encode()).digest()
+        old = self._read()
+        if old is not None and old.get("code") != code:
+            old = None
+        if old is not None and old.get("file") == file_digest:
+            config = _from_entry(old, path)
+            if config is not None:
+                self.how = "cached"
+                self._entry = old
+                return config
+        split = split_services(text)
+        if split is None:
+            self.how = "full"
+            config = load_config(path, text)
+            self._remember(code, file_digest, config, None)
+            return config
+        head, items = split
+        digests = [_digest(item) for item in items]
+        known: dict[bytes, bytes] = old.get("chunks", {}) if old is not None else {}
+        missing = sum(1 for d in digests if d not in known)
+        config = None
+        if missing * FULL_PARSE_SHARE <= len(items) or missing <= 1:
+            config = _load_items(path, head, items, digests, known)
+        if config is None:
+            self.how = "full"
+            config = load_config(path, text)
+            if not _aligned(config, items):          # the split disagrees: keep the file whole
+                self._remember(code, file_digest, config, None)
+                return config
+        else:
+            self.how = f"{missing} of {len(items)} services parsed"
+        self._remember(code, file_digest, config, digests, known)
+        return config
+
+    # -- writing -----------------------------------------------------------------
+    def _remember(self, code: bytes, file_digest: bytes, config: Config,
+                  digests: list[bytes] | None, known: dict[bytes, bytes] | None = None) -> None:
+        entry: dict = {"format": FORMAT, "code": code, "file": file_digest,
+                       "head": (config.vip_interface, config.drain_timeout)}
+        if digests is None:
+            entry["config"] = pickle.dumps(config.services, pickle.HIGHEST_PROTOCOL)
+        else:
+            known = known or {}
+            chunks = {}
+            for digest, svc in zip(digests, config.services):
+                blob = known.get(digest)
+                chunks[digest] = blob if blob is not None else pickle.dumps(svc, pickle.HIGHEST_PROTOCOL)
+            entry["order"] = digests
+            entry["chunks"] = chunks
+        self._entry = entry
+        self._dirty = True
+
+    def save(self) -> bool:
+        """Write the cache if this run learnt something; False when it could not be written."""
+        if not self._dirty or not self.cache_file or self._entry is None:
+            return True
+        directory = os.path.dirname(self.cache_file)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pickle")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    pickle.dump(self._entry, f, pickle.HIGHEST_PROTOCOL)
+                os.replace(tmp, self.cache_file)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                raise
+        except OSError:
+            return False
+        self._dirty = False
+        return True
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError([Problem(path, 0, "$", f"cannot read the config file: {reason}")]) from None
+
+
+def _from_entry(entry: dict, path: str) -> Config | None:
+    try:
+        if "config" in entry:
+            services = pickle.loads(entry["config"])
+        else:
+            chunks = entry["chunks"]
+            services = tuple(pickle.loads(chunks[d]) for d in entry["order"])
+        vip_interface, drain_timeout = entry["head"]
+    except Exception:
+        return None
+    return Config(services=services, vip_interface=vip_interface, drain_timeout=drain_timeout,
+                  source=path)
+
+
+def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
+                known: dict[bytes, bytes]) -> Config | None:
+    """The config from the cached items plus the new ones parsed alone; None on any doubt."""
+    from .load import DEFAULT_DRAIN_TIMEOUT, DEFAULT_VIP_INTERFACE, _gc_paused, _service, parse_document
+    from .validate import validate
+
+    with _gc_paused():
+        try:
+            head_data, lines, problems = parse_document(path, head)
+        except ConfigError:
+            return None
+        if problems or not isinstance(head_data, dict) or "services" in head_data:
+            return None
+        head_doc = {**head_data, "services": []}
+        if validate(head_doc, lines, path):
+            return None
+        services: list[Service] = []
+        for item, digest in zip(items, digests):
+            blob = known.get(digest)
+            if blob is not None:
+                try:
+                    services.append(pickle.loads(blob))
+                    continue
+                except Exception:
+                    return None
+            try:
+                data, lines, problems = parse_document(path, item)
+            except ConfigError:
+                return None
+            if problems or not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+                return None
+            if validate({**head_data, "services": data}, lines, path):
+                return None
+            services.append(_service(data[0]))
+    if not _services_agree(services):
+        return None
+    return Config(services=tuple(services),
+                  vip_interface=head_data.get("vip_interface", DEFAULT_VIP_INTERFACE),
+                  drain_timeout=int(head_data.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
+                  source=path)
+
+
+def _aligned(config: Config, items: list[str]) -> bool:
+    """Item i of the split is service i of the full load (a cheap cross-check of the split)."""
+    return len(config.services) == len(items) and all(
+        svc.name in item for svc, item in zip(config.services, items))
+
+
+def _services_agree(services: list[Service]) -> bool:
+    """The rules between services (validate._Semantics.services), on the models."""
+    names = {s.name for s in services}
+    endpoints = [(s.vip, s.port, s.protocol) for s in services if not s.filters]
+    marks = [s.fwmark for s in services if s.fwmark is not None]
+    return (len(names) == len(services) and len(set(endpoints)) == len(endpoints)
+            and len(set(marks)) == len(marks))
