@@ -215,8 +215,10 @@ def stages_table(d: str) -> str:
     return "\n".join(out)
 
 
-PIPELINE = ["config (cache, else load_config)", "changed services parsed", "load_config", "yaml load", "validate", "schema validation", "semantic checks",
-            "build model", "state read", "health read", "fwmarks", "expand", "nft render", "observe",
+PIPELINE = ["code digest", "state read", "health read", "inputs digest",
+            "kernel fingerprint (no-op fast path)", "ipvs fingerprint", "fingerprint digest",
+            "config (cache, else load_config)", "changed services parsed", "load_config", "yaml load", "validate", "schema validation", "semantic checks",
+            "build model", "fwmarks", "expand", "nft render", "observe",
             "preflight", "diff", "plan text", "op json", "reconcile", "apply", "address batch",
             "address add", "link add", "ipvs write (encode + kernel)", "verify",
             "next state", "state write", "config cache write"]

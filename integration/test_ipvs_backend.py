@@ -19,7 +19,6 @@ import re
 import socket
 import subprocess
 import time
-from dataclasses import replace
 
 import pytest
 
@@ -279,7 +278,7 @@ def test_settings_round_trip_through_the_kernel(ipvs):
         assert ipvs.observe().dests == {new.key: new}
         dest = new
     v6 = IpvsService(V6, "sh", frozenset({"persistent", "sh-port"}), 60, 48)
-    assert ipvs.apply([add(v6), setop(v6, replace(v6, netmask=128))]) == []
+    assert ipvs.apply([add(v6), setop(v6, v6._replace(netmask=128))]) == []
     assert ipvs.observe().services[V6].netmask == 128
     assert "-M" not in ipvsadm("-Sn").split("[fd00::10]:443", 1)[1].splitlines()[0]
 

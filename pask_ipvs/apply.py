@@ -89,6 +89,11 @@ def _replace_services(before: IpvsObserved, fresh: IpvsObserved,
         service_stats={k: v for k, v in before.service_stats.items() if k not in keys},
         dest_stats={k: v for k, v in before.dest_stats.items() if k.service not in keys},
     )
+    if before.fingerprints is None or fresh.fingerprints is None:
+        out.fingerprints = None
+    else:
+        out.fingerprints = {k: v for k, v in before.fingerprints.items() if k not in keys}
+        out.fingerprints.update(fresh.fingerprints)
     out.services.update(fresh.services)
     out.dests.update(fresh.dests)
     out.service_stats.update(fresh.service_stats)
@@ -169,7 +174,7 @@ def _run_one(op: Op, backends: Backends, result: ApplyResult) -> None:
     if op.kind == "sysctl":
         backends.sysctl.write(op.key, op.after)
     elif op.kind == "link":
-        backends.addr.add_link(op.after)
+        backends.addr.add_link(op.key)          # creates it, or only sets it up
     elif op.kind == "nft":
         result.nft_touched = True
         if op.action == REPLACE:
@@ -201,8 +206,9 @@ def execute(plan: Plan | Sequence[Op], backends: Backends, *,
 
 
 def _rollback(result: ApplyResult, backends: Backends) -> None:
+    # a sysctl pask set, or its dummy link, is harmless to leave; undoing could hurt others
     undo = [inv for op in reversed(result.applied) if (inv := op.inverse()) is not None
-            and op.kind != "sysctl"]   # a sysctl pask set is harmless to leave; restoring could hurt others
+            and op.kind not in ("sysctl", "link")]
     scratch = ApplyResult()
     for group in _groups(undo):
         errors = _run_group(group, backends, scratch)
@@ -264,6 +270,7 @@ class Outcome:
     result: ApplyResult | None          # None: nothing to do
     remaining: Plan                     # what verify still found (empty = verified)
     state: PaskState                    # the state file to write
+    observed: Observed | None = None    # the kernel as last read (after the apply, if any)
 
 
 def reconcile(desired: Desired, observed: Observed, state: PaskState, fwmarks: dict[str, int],
@@ -274,7 +281,8 @@ def reconcile(desired: Desired, observed: Observed, state: PaskState, fwmarks: d
     if plan is None:
         plan = diff(desired, observed, state, now=now, drain_timeout=drain_timeout)
     if not plan.changed:  # nothing written: the observation just made is the verification
-        return Outcome(plan, None, plan, next_state(state, desired, fwmarks, plan, None, observed))
+        return Outcome(plan, None, plan, next_state(state, desired, fwmarks, plan, None, observed),
+                       observed)
     result = execute(plan, backends, progress=progress)
     interim = next_state(state, desired, fwmarks, plan, result)
     # ``observed`` is what the plan was made from: verify re-reads only the IPVS
@@ -282,4 +290,4 @@ def reconcile(desired: Desired, observed: Observed, state: PaskState, fwmarks: d
     remaining, after = verify(desired, backends, interim, now=now, drain_timeout=drain_timeout,
                               before=observed, ops=plan.ops)
     return Outcome(plan, result, remaining,
-                   next_state(state, desired, fwmarks, plan, result, after))
+                   next_state(state, desired, fwmarks, plan, result, after), after)

@@ -22,6 +22,7 @@ SYMBOLS = {ADD: "+", SET: "~", DELETE: "-", REPLACE: "±"}
 PHASES: tuple[tuple[str, str], ...] = (
     ("sysctl", SET),
     ("link", ADD),
+    ("link", SET),
     ("address", ADD),
     ("service", ADD),
     ("service", SET),
@@ -115,6 +116,9 @@ def diff(desired: Desired, observed: Observed, state: PaskState | None = None,
     if desired.vip_interface:
         if observed.link is None:
             ops.append(Op(ADD, "link", desired.vip_interface, None, desired.vip_interface))
+        elif not observed.link.up and observed.link.kind == "dummy":
+            # pask's dummy link, down: its VIPs are not local addresses, IPVS sees nothing
+            ops.append(Op(SET, "link", desired.vip_interface, "down", "up"))
         for vip in sorted(desired.vips - observed.vips):
             ops.append(Op(ADD, "address", str(vip), None, vip))
         # The VIP interface is pask's own: an address there that no service uses leaves it.
@@ -151,7 +155,7 @@ def diff(desired: Desired, observed: Observed, state: PaskState | None = None,
             if conns is not None and conns.connections > 0 and now - since < drain_timeout:
                 draining[dkey] = since
                 if have.weight != 0:
-                    ops.append(Op(SET, "dest", dest_label(dkey), have, replace(have, weight=0),
+                    ops.append(Op(SET, "dest", dest_label(dkey), have, have._replace(weight=0),
                                   "drain", service=name))
                 continue
         ops.append(Op(DELETE, "dest", dest_label(dkey), have, None, service=name))

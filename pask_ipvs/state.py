@@ -7,9 +7,9 @@ Written atomically (temp file + rename) so a crash never leaves half a file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 from .kernel import DestKey, ServiceKey, VipAddress
@@ -27,6 +27,9 @@ class PaskState:
     nft_listing_digest: str | None = None
     vips: list[VipAddress] = field(default_factory=list)
     draining: dict[DestKey, float] = field(default_factory=dict)   # dest -> drain start (epoch s)
+    # the last run that left the kernel verified equal to the config: digests of its
+    # inputs and of the kernel it read, for the no-op fast path (cli.run_apply)
+    fingerprint: dict | None = None
 
     # -- serialisation --------------------------------------------------------
     def to_json(self) -> dict:
@@ -38,6 +41,7 @@ class PaskState:
             "vips": [[v.interface, v.addr, v.prefixlen] for v in sorted(self.vips)],
             "draining": [[_key_to_json(k.service), k.addr, k.port, t]
                          for k, t in sorted(self.draining.items())],
+            **({"fingerprint": self.fingerprint} if self.fingerprint else {}),
         }
 
     @staticmethod
@@ -51,7 +55,29 @@ class PaskState:
             vips=[VipAddress(i, a, int(p)) for i, a, p in data.get("vips", [])],
             draining={DestKey(_key_from_json(s), a, int(p)): float(t)
                       for s, a, p, t in data.get("draining", [])},
+            fingerprint=_fingerprint_from_json(data.get("fingerprint")),
         )
+
+    def inputs_digest(self, code: bytes, config_text: str, health: bytes) -> str:
+        """Everything a plan depends on but the kernel: pask's code, the config file,
+        the health file, and what this state says pask owns. Equal digests: the same
+        desired state (and, with an equal kernel fingerprint, the same empty plan)."""
+        h = hashlib.blake2b(code, digest_size=32)
+        owned = json.dumps({k: v for k, v in self.to_json().items() if k != "fingerprint"},
+                           sort_keys=True)
+        for part in (config_text.encode(), health, owned.encode()):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+        return h.hexdigest()
+
+
+def _fingerprint_from_json(value: object) -> dict | None:
+    """A fingerprint from an older or hand-edited file is dropped: it only ever saves time."""
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in ("inputs", "kernel")):
+        return None
+    if not isinstance(value.get("sysctls"), list):
+        return None
+    return value
 
 
 def _key_to_json(k: ServiceKey) -> list:
@@ -79,13 +105,24 @@ def save_state(path: str, state: PaskState) -> None:
 
 
 def write_json_atomic(path: str, data: object) -> None:
+    write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_atomic(path: str, data: bytes, dir_mode: int = 0o755) -> None:
+    """Write a private (0600) file whole or not at all: a temp file beside it, renamed
+    over it. (Not tempfile: importing it costs the no-op fast path a tenth of a second
+    under emulation; callers hold the state lock, so the pid names a unique temp file.)"""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    os.makedirs(directory, mode=dir_mode, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}.{os.getpid()}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
+        os.unlink(tmp)                      # left by a crashed run with this pid
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -127,15 +164,28 @@ def health_key(service: str, addr: str, port: int) -> str:
     return f"{service}/{addr}:{port}"
 
 
+def read_health_bytes(path: str | None) -> bytes:
+    """The health file as it is now (b"" when there is none), for parse_health and digests."""
+    if not path:
+        return b""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
 def load_health(path: str | None) -> dict[str, bool]:
     """server key -> up. A missing file means nothing is known (every server counts as up)."""
-    if not path:
+    return parse_health(read_health_bytes(path), path or "")
+
+
+def parse_health(raw: bytes, path: str) -> dict[str, bool]:
+    """load_health of the bytes read_health_bytes gave."""
+    if not raw:
         return {}
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return {}
+        data = json.loads(raw)
     except ValueError as e:
         raise ValueError(f"{path}: corrupt health file: {e}") from e
     if data.get("version") != STATE_VERSION:

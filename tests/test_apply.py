@@ -65,7 +65,7 @@ def test_hand_made_drift_is_repaired():
     key = ServiceKey.virtual("tcp", "10.99.100.1", 80)
     d = b.ipvs.observe().dests
     (dkey,) = d
-    b.ipvs.apply([Op("set", "dest", "x", d[dkey], replace(d[dkey], weight=9)),
+    b.ipvs.apply([Op("set", "dest", "x", d[dkey], d[dkey]._replace(weight=9)),
                   Op("add", "dest", "x", None, IpvsDest(key, "10.99.2.66", 80))])
     plan, result, _ = reconcile(cfg, b, state)
     assert sorted((op.action, op.kind) for op in plan.ops) == [("delete", "dest"), ("set", "dest")]
@@ -171,7 +171,7 @@ def test_verify_reports_drift_in_a_touched_service(monkeypatch):
         for op in ops:
             if (op.kind, op.action) == ("dest", "set"):
                 d = op.after
-                b.ipvs.dests[d.service][d.key] = replace(d, weight=d.weight + 1)
+                b.ipvs.dests[d.service][d.key] = d._replace(weight=d.weight + 1)
         return errors
 
     monkeypatch.setattr(b.ipvs, "apply", apply_off_by_one)

@@ -608,3 +608,80 @@ def test_empty_apply_touches_no_socket():
     backend = IpvsNetlink()
     assert backend.apply([]) == []
     assert backend._conn is None
+
+
+# --------------------------------------------------------------------------
+# fingerprints: configuration bytes found without decoding
+
+def _busy(reply: bytes, active: int, inact: int, conns: int) -> bytes:
+    """The captured reply with other connection counters and stats (what traffic changes)."""
+    msg = bytearray(reply)
+    (hdr,) = w.iter_messages(msg, len(msg))
+    nest = w.parse_attrs(msg, *w.parse_attrs(msg, hdr.start + w.GENL_HDR.size, hdr.end)[w.IPVS_CMD_ATTR_DEST])
+    struct.pack_into("=I", msg, nest[w.IPVS_DEST_ATTR_ACTIVE_CONNS][0], active)
+    struct.pack_into("=I", msg, nest[w.IPVS_DEST_ATTR_INACT_CONNS][0], inact)
+    stats = w.parse_attrs(msg, *nest[w.IPVS_DEST_ATTR_STATS64])
+    struct.pack_into("=Q", msg, stats[1][0], conns)
+    return bytes(msg)
+
+
+def _scanner_for(buf: bytes) -> w.DestConfigScanner:
+    scanner = w.DestConfigScanner()
+    assert scanner.learn(buf, len(buf), KERNEL_FAMILY)
+    return scanner
+
+
+def test_scanner_finds_each_kernel_reply_configuration_and_not_its_counters():
+    buf = b"".join([_variant(1, 1), _variant(2, 2), _variant(3, 3), KERNEL_DONE])
+    found = _scanner_for(buf).scan(buf, len(buf))
+    assert len(found) == 3
+    # the configuration attributes of Linux 6.1's reply: address .. thresholds, tunnel settings
+    (hdr,) = w.iter_messages(KERNEL_DEST_REPLY, len(KERNEL_DEST_REPLY))
+    nest = w.parse_attrs(KERNEL_DEST_REPLY, *w.parse_attrs(
+        KERNEL_DEST_REPLY, hdr.start + w.GENL_HDR.size, hdr.end)[w.IPVS_CMD_ATTR_DEST])
+    first = nest[w.IPVS_DEST_ATTR_ADDR][0] - w.NLA_HDR.size
+    counters = nest[w.IPVS_DEST_ATTR_ACTIVE_CONNS][0] - w.NLA_HDR.size
+    assert found[0] == _variant(1, 1)[first:counters]
+    busy = b"".join([_busy(_variant(1, 1), 5, 7, 99), _variant(2, 2),
+                     _busy(_variant(3, 3), 1, 0, 1 << 40), KERNEL_DONE])
+    assert _scanner_for(buf).scan(busy, len(busy)) == found          # traffic: same configuration
+    reweighted = b"".join([_variant(1, 1), _variant(2, 9), _variant(3, 3), KERNEL_DONE])
+    changed = _scanner_for(buf).scan(reweighted, len(reweighted))
+    assert changed[0] == found[0] and changed[1] != found[1] and changed[2] == found[2]
+
+
+def test_scanner_learns_nothing_without_a_dest_reply():
+    scanner = w.DestConfigScanner()
+    assert not scanner.learn(KERNEL_DONE, len(KERNEL_DONE), KERNEL_FAMILY)
+    assert scanner.pattern is None and scanner.scan(KERNEL_DONE, len(KERNEL_DONE)) == []
+
+
+def test_scanner_reads_only_the_bytes_received():
+    buf = _variant(1, 1) + _variant(2, 2)
+    assert len(_scanner_for(buf).scan(buf, len(_variant(1, 1)))) == 1
+
+
+def test_dump_finished_looks_at_the_buffers_end():
+    seq = KERNEL_SEQ
+    assert w.dump_finished(KERNEL_DONE, len(KERNEL_DONE), seq) is True
+    data = _variant(1, 1) + KERNEL_DONE
+    assert w.dump_finished(data, len(data), seq) is True
+    assert w.dump_finished(data, len(data), seq + 1) is False          # another dump's end
+    assert w.dump_finished(_variant(1, 1), len(_variant(1, 1)), seq) is False
+    error = w.NLMSG_HDR.pack(36, w.NLMSG_ERROR, 0, seq, 0) + w.NLMSGERR.pack(-3) + bytes(16)
+    assert w.dump_finished(error, len(error), seq) is None
+
+
+def test_service_fingerprint_covers_configuration_order_and_count():
+    svc = IpvsService(KERNEL_KEY, "wrr", frozenset({"persistent", "sh-port"}), 300, 24)
+    a, b = b"dest-a", b"dest-b"
+    fp = w.service_fingerprint(svc, [a, b])
+    assert fp == w.service_fingerprint(
+        IpvsService(KERNEL_KEY, "wrr", frozenset({"sh-port", "persistent"}), 300, 24), [a, b])
+    others = [w.service_fingerprint(svc, [b, a]), w.service_fingerprint(svc, [a]),
+              w.service_fingerprint(svc, [a, b, b]),
+              w.service_fingerprint(IpvsService(KERNEL_KEY, "rr", svc.flags, 300, 24), [a, b]),
+              w.service_fingerprint(IpvsService(KERNEL_KEY, "wrr", svc.flags, 301, 24), [a, b]),
+              w.service_fingerprint(IpvsService(KERNEL_KEY, "wrr", frozenset({"persistent"}), 300, 24),
+                                    [a, b])]
+    assert fp not in others and len(set(others)) == len(others)

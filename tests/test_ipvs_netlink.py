@@ -162,3 +162,55 @@ def test_observe_services_of_no_keys_touches_no_socket():
     backend = IpvsNetlink()
     assert backend.observe_services([]) == IpvsObserved()
     assert backend._conn is None
+
+
+# -- fingerprints ----------------------------------------------------------------------
+
+def test_fingerprint_reads_what_observe_digests(table):
+    sock = KernelSocket(table)
+    backend = backend_on(sock)
+    observed = backend.observe()
+    assert set(observed.fingerprints) == set(table.services)
+    sock.requests.clear()
+    assert backend.fingerprint() == observed.fingerprints
+    # one service dump, then one dest dump per service: nothing else
+    assert [cmd for cmd, _, _ in sock.requests] == [w.IPVS_CMD_GET_SERVICE] + \
+        [w.IPVS_CMD_GET_DEST] * len(table.services)
+
+
+def test_fingerprint_changes_with_the_service_that_changed(table):
+    backend = backend_on(KernelSocket(table))
+    before = backend.fingerprint()
+    dest = next(iter(table.dests[U].values()))
+    table.dests[U][dest.key] = IpvsDest(U, dest.addr, dest.port, dest.fwd, dest.weight + 1)
+    after = backend.fingerprint()
+    assert after[U] != before[U]
+    assert {k: v for k, v in after.items() if k != U} == {k: v for k, v in before.items() if k != U}
+    assert backend.observe().fingerprints == after
+
+
+def test_fingerprint_of_a_service_gone_meanwhile_is_none(table):
+    sock = KernelSocket(table)
+    backend = backend_on(sock)
+    real_answer = sock._answer
+
+    def vanish(cmd, flags, seq, key):
+        if cmd == w.IPVS_CMD_GET_DEST and key == U:
+            return _error(seq, errno.ESRCH)
+        return real_answer(cmd, flags, seq, key)
+    sock._answer = vanish
+    assert backend.fingerprint() is None
+
+
+def test_observe_drops_fingerprints_when_the_scanner_misses_a_dest(table, monkeypatch):
+    backend = backend_on(KernelSocket(table))
+    real_scan = w.DestConfigScanner.scan
+    monkeypatch.setattr(w.DestConfigScanner, "scan", lambda self, buf, n: real_scan(self, buf, n)[1:])
+    observed = backend.observe()
+    assert observed.fingerprints is None
+    assert observed == table.observe()            # the objects themselves are still read
+
+
+def test_the_fake_fingerprints_like_its_observe(table):
+    assert table.fingerprint() == table.observe().fingerprints
+    assert table.observe_services([T, MISSING]).fingerprints == {T: table.fingerprint()[T]}

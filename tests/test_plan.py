@@ -1,6 +1,5 @@
 """diff(desired, observed): ordering, ownership, drift, drain — pure, no kernel."""
 
-from dataclasses import replace
 
 from pask_ipvs.kernel import (
     DestKey, DestStats, Desired, IpvsDest, IpvsObserved, IpvsService, LinkObserved, NftObserved,
@@ -44,6 +43,18 @@ def test_empty_kernel_gets_everything_in_safe_order():
     assert kinds(plan) == [("set", "sysctl"), ("add", "link"), ("add", "address"),
                            ("add", "service"), ("add", "dest"), ("add", "dest")]
     assert all(op.service == "web" for op in plan.ops if op.kind in ("service", "dest"))
+
+
+def test_pasks_dummy_link_down_is_set_up_and_a_foreign_one_left_alone():
+    from pask_ipvs.render.text import op_line
+    d = desired_web(dest(WEB, "10.99.2.11"))
+    have = observed([IpvsService(WEB, "rr")], [dest(WEB, "10.99.2.11")])
+    have.link = LinkObserved("pask0", "dummy", False)
+    plan = diff(d, have)
+    assert kinds(plan) == [("set", "link")]
+    assert op_line(plan.ops[0]) == "~ link pask0 down -> up"
+    have.link = LinkObserved("pask0", "bridge", False)     # not a link pask made: not its to raise
+    assert diff(d, have).ops == ()
 
 
 def test_matching_kernel_means_empty_plan():
@@ -138,7 +149,7 @@ def test_drain_keeps_busy_removed_dest_at_weight_zero_until_idle_or_timeout():
     assert (op.action, op.reason, op.after.weight) == ("set", "drain", 0)
     assert plan.draining == {gone.key: 100.0}
     # next run, weight already 0, still busy, within the timeout: nothing to do
-    o.ipvs.dests[gone.key] = replace(gone, weight=0)
+    o.ipvs.dests[gone.key] = gone._replace(weight=0)
     state = PaskState(services={"web": WEB}, draining={gone.key: 100.0})
     again = diff(d, o, state, now=110.0, drain_timeout=30)
     assert again.ops == () and again.draining == {gone.key: 100.0}

@@ -36,6 +36,10 @@ class IpvsBackend(Protocol):
         A key the kernel does not hold is simply absent from the result. Costs what
         the keys cost, not the whole table: verify reads back what an apply wrote."""
 
+    def fingerprint(self) -> dict[ServiceKey, bytes] | None:
+        """Service -> the digest observe() puts in ``fingerprints``, read without decoding
+        every dest (the no-op fast path); None when this kernel cannot be fingerprinted."""
+
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
         """Run service/dest ops in order (batched). The kernel goes on after a failed
         message, so every op is attempted; returns one error per failed op (with ``.op``)."""

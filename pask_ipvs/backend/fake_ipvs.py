@@ -51,18 +51,18 @@ def kernel_conflicts(svc: IpvsService, dest: IpvsDest) -> dict[str, tuple[object
     """Conflicting requests against a table that holds ``svc`` (an IPv4 service) and
     ``dest`` (one of its dests) -> (op, the errno Linux 6.1 answers). The unit tests
     hold the fake to this table and the VM integration test holds the kernel to it."""
-    other_key = replace(svc.key, addr="10.99.255.254")
-    other_svc = replace(svc, key=other_key)
-    other_dest = replace(dest, addr="10.99.255.253")
+    other_key = svc.key._replace(addr="10.99.255.254")
+    other_svc = svc._replace(key=other_key)
+    other_dest = dest._replace(addr="10.99.255.253")
     v6 = ServiceKey.virtual("tcp", "fd00::99", 80)
     return {
         "add existing service": (Op("add", "service", str(svc.key), None, svc), errno.EEXIST),
         "set missing service": (Op("set", "service", str(other_key), other_svc, other_svc), errno.ESRCH),
         "delete missing service": (Op("delete", "service", str(other_key), other_svc, None), errno.ESRCH),
         "add dest to missing service": (
-            Op("add", "dest", "d", None, replace(dest, service=other_key)), errno.ESRCH),
+            Op("add", "dest", "d", None, dest._replace(service=other_key)), errno.ESRCH),
         "delete dest of missing service": (
-            Op("delete", "dest", "d", replace(dest, service=other_key), None), errno.ESRCH),
+            Op("delete", "dest", "d", dest._replace(service=other_key), None), errno.ESRCH),
         "add existing dest": (Op("add", "dest", "d", None, dest), errno.EEXIST),
         "set missing dest": (Op("set", "dest", "d", other_dest, other_dest), errno.ENOENT),
         "delete missing dest": (Op("delete", "dest", "d", other_dest, None), errno.ENOENT),
@@ -70,7 +70,7 @@ def kernel_conflicts(svc: IpvsService, dest: IpvsDest) -> dict[str, tuple[object
             Op("add", "service", "s", None, IpvsService(ServiceKey.virtual("tcp", "10.99.255.252", 80),
                                                         "nosuchsched")), errno.ENOENT),
         "lower threshold above upper": (
-            Op("add", "dest", "d", None, replace(other_dest, u_threshold=1, l_threshold=5)), errno.ERANGE),
+            Op("add", "dest", "d", None, other_dest._replace(u_threshold=1, l_threshold=5)), errno.ERANGE),
         "ipv6 netmask 0": (
             Op("add", "service", "s", None, IpvsService(v6, "rr", frozenset({"persistent"}), 60, 0)),
             errno.EINVAL),
@@ -78,7 +78,7 @@ def kernel_conflicts(svc: IpvsService, dest: IpvsDest) -> dict[str, tuple[object
             Op("add", "service", "s", None, IpvsService(v6, "rr", frozenset({"persistent"}), 60, 129)),
             errno.EINVAL),
         "ipv6 dest in ipv4 service, not tunnelled": (
-            Op("add", "dest", "d", None, replace(dest, addr="fd00::98", fwd=FWD_MASQ)), errno.EINVAL),
+            Op("add", "dest", "d", None, dest._replace(addr="fd00::98", fwd=FWD_MASQ)), errno.EINVAL),
     }
 
 
@@ -102,6 +102,7 @@ class FakeIpvs:
         self.applied: list[object] = []          # the ops that succeeded, in order
         self.observe_calls = 0                   # whole-table reads
         self.observe_services_calls: list[list[ServiceKey]] = []   # the keys of each partial read
+        self.fingerprint_calls = 0
         self._encoder = wire.IpvsEncoder(family=0)
 
     # IpvsBackend ------------------------------------------------------------
@@ -122,6 +123,17 @@ class FakeIpvs:
             if key in self.services:
                 self._read_service(out, key, stats)
         return out
+
+    def fingerprint(self) -> dict[ServiceKey, bytes] | None:
+        """What observe().fingerprints would be, the way the kernel backend makes it
+        cheaply (``fingerprint_calls`` counts these reads)."""
+        self.fingerprint_calls += 1
+        return {key: self._fingerprint(key) for key in self.services}
+
+    def _fingerprint(self, key: ServiceKey) -> bytes:
+        return wire.service_fingerprint(self.services[key], [
+            repr((d.addr, d.port, d.fwd, d.weight, d.u_threshold, d.l_threshold)).encode()
+            for d in self.dests[key].values()])
 
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
         errors = []
@@ -191,6 +203,7 @@ class FakeIpvs:
 
     def _read_service(self, out: IpvsObserved, key: ServiceKey, stats: bool) -> None:
         out.services[key] = self.services[key]
+        out.fingerprints[key] = self._fingerprint(key)
         if stats:
             out.service_stats[key] = self.service_stats.get(key, Stats())
         for dkey, dest in self.dests[key].items():
@@ -231,7 +244,7 @@ class FakeIpvs:
         if svc.key.af == 6 and not 1 <= svc.netmask <= wire.IPV6_BITS:
             return errno.EINVAL
         # store what the kernel would report back (flags normalised through the wire bits)
-        stored = replace(svc, flags=wire.flags_from_wire(
+        stored = svc._replace(flags=wire.flags_from_wire(
             svc.scheduler, wire.flags_to_wire(svc.scheduler, svc.flags)))
         self.services[svc.key] = stored
         self.dests.setdefault(svc.key, {})

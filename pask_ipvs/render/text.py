@@ -8,6 +8,7 @@ from typing import Iterable
 
 from ..kernel import IpvsDest, IpvsService, NftObserved, NftTable
 from ..plan import ADD, DELETE, REPLACE, SET, Op, Plan
+from . import NO_CHANGES
 
 _FIELDS_SHOWN = {
     "service": ("scheduler", "flags", "timeout", "netmask"),
@@ -34,6 +35,8 @@ def op_line(op: Op) -> str:
         body = f"table inet pask"
         if isinstance(op.after, NftTable):
             body += f" ({len(op.after.command_list())} objects, {op.after.digest})"
+    elif op.kind == "link" and op.action == SET:
+        body = f"{op.key} {op.before} -> {op.after}"
     else:
         body = op.key
     return f"{op.symbol} {op.kind}{who} {body}{why}"
@@ -56,7 +59,7 @@ def _fmt(value: object) -> str:
 
 def summary(plan: Plan) -> str:
     if not plan.ops:
-        return "No changes. The kernel matches the config."
+        return NO_CHANGES
     c = plan.counts()
     return (f"Plan: {c[ADD]} to add, {c[SET]} to change, {c[DELETE]} to delete"
             + (f", {c[REPLACE]} to replace" if c[REPLACE] else "") + ".")
@@ -78,6 +81,8 @@ def to_jsonable(value: object) -> object:
         if isinstance(value, NftTable):
             return {"digest": value.digest, "objects": len(value.command_list())}
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):        # the kernel NamedTuples
+        return {k: to_jsonable(v) for k, v in value._asdict().items()}
     if isinstance(value, (frozenset, set)):
         return sorted(to_jsonable(v) for v in value)
     if isinstance(value, (list, tuple)):
