@@ -129,6 +129,34 @@ def test_drift_in_owned_service_is_repaired_and_foreign_service_left_alone(apply
     assert spread(curl_vip(CLIENT, VIP, 80, 3)) == {"rs1": 1, "rs2": 1, "rs3": 1}
 
 
+# ---- the no-op fast path: kernel fingerprints ---------------------------------------------
+def test_a_rerun_answers_from_the_kernel_fingerprint_and_any_drift_is_seen(apply, lb: Lab) -> None:
+    """An unchanged config on an unchanged kernel is answered from fingerprints; every kind
+    of hand edit (thresholds and scheduler included) takes the full path and is repaired;
+    traffic (counters) is not a change."""
+    cfg = config(service(scheduler="wrr"))
+    apply(cfg, expect=0)
+    fast = apply(cfg, "-v", "--detailed-exitcode", expect=0)
+    assert "fingerprints match" in fast.stderr and "No changes" in fast.stdout, fast.stderr
+    rs1 = f"{SERVERS['rs1']}:{HTTP_PORT}"
+    edits = {
+        "thresholds": lambda: lb.ipvsadm("-e", "-t", WEB, "-r", rs1, "-m", "-w", "1", "-x", "50", "-y", "10"),
+        "scheduler": lambda: lb.ipvsadm("-E", "-t", WEB, "-s", "rr"),
+        "weight": lambda: lb.ipvsadm("-e", "-t", WEB, "-r", rs1, "-m", "-w", "5"),
+        "VIP address": lambda: run(["ip", "-n", "lb", "addr", "del", f"{VIP}/32", "dev", "pask0"]),
+    }
+    for what, edit in edits.items():
+        edit()
+        full = apply(cfg, "-v", "--detailed-exitcode", expect=2)
+        assert "kernel changed since the last verified apply" in full.stderr, (what, full.stderr)
+        again = apply(cfg, "-v", "--detailed-exitcode", expect=0)
+        assert "fingerprints match" in again.stderr, (what, again.stderr)
+    assert dest_weights(lb)[rs1] == 1 and "-s wrr" in "\n".join(ipvs_rules(lb)), ipvs_rules(lb)
+    assert len(curl_vip(CLIENT, VIP, 80, 6)) == 6                  # traffic moves the counters
+    after = apply(cfg, "-v", "--detailed-exitcode", expect=0)
+    assert "fingerprints match" in after.stderr, after.stderr
+
+
 # ---- a bad config changes nothing ---------------------------------------------------------
 BAD = """\
 version: 1
