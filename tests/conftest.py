@@ -49,3 +49,14 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
         path.write_text(_text(text), encoding="utf-8")
         return path
     return write
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    """An in-memory kernel (the fakes) behind every pask-apply the test runs in-process."""
+    from pask_ipvs import cli
+    from pask_ipvs.backend.fake import fake_backends
+
+    b = fake_backends()
+    monkeypatch.setattr(cli, "_backends", lambda offline: b)
+    return b

@@ -23,13 +23,6 @@ GOOD = textwrap.dedent("""\
 
 
 @pytest.fixture
-def kernel(monkeypatch):
-    b = fake_backends()
-    monkeypatch.setattr(cli, "_backends", lambda offline: b)
-    return b
-
-
-@pytest.fixture
 def files(tmp_path):
     cfg = tmp_path / "pask.yaml"
     cfg.write_text(GOOD)

@@ -6,20 +6,13 @@ import pathlib
 import pytest
 
 from pask_ipvs import cli
-from pask_ipvs.backend.fake import fake_backends, kernel_writes
+from pask_ipvs.backend.fake import kernel_writes
 from pask_ipvs.kernel import IpvsDest, VipAddress
 from pask_ipvs.state import load_state
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 # filters (nft marks), SNAT (nft + conntrack sysctl), VIPs on pask0: every kind of object
 CONFIG = (EXAMPLES / "filters.yaml").read_text()
-
-
-@pytest.fixture
-def kernel(monkeypatch):
-    b = fake_backends()
-    monkeypatch.setattr(cli, "_backends", lambda offline: b)
-    return b
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The kernel behind interfaces: the only seam between pask's pure core and the kernel.
 
 Real implementations live in this package (ipvs.py, nft.py, addr.py, sysctl.py)
-and are the only code importing pyroute2 / nftables; fakes (fake.py) behave
+and are the only code importing pyroute2 / nftables or running ip; fakes (fake.py) behave
 like the kernel (same errno on conflicts, all-or-nothing nft replace).
 """
 

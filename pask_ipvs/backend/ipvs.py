@@ -224,43 +224,56 @@ class IpvsNetlink:
     def fingerprint(self) -> dict[ServiceKey, bytes] | None:
         """observe()'s ``fingerprints`` at a fraction of its cost: the services are decoded,
         but each dest dump only goes through DestConfigScanner's regex (no Python step
-        per dest), from ``fingerprint_workers`` sockets at once (the kernel's dump work,
-        in send()/recv(), runs without the GIL). None when a service went away meanwhile."""
+        per dest). None when a service went away meanwhile."""
         services = self._services(False).services
-        conn, enc = self._main()
-        keys = list(services)
-        workers = min(self.fingerprint_workers, max(1, len(keys) // SERVICES_PER_DUMP_WORKER))
-        while len(self._extra) < workers - 1:
-            self._extra.append(_Conn())
-        conns = [conn, *self._extra[:workers - 1]]
+        _, enc = self._main()
         scanner = self._scanner
         out: dict[ServiceKey, bytes] = {}
         gone: list[ServiceKey] = []
+
+        def work(c: _Conn, indexes: range) -> None:
+            buf = c.buf
+            for i in indexes:
+                key = keys[i]
+                seq = c.reserve(1)
+                found: list[bytes] = []
+                try:
+                    c.sock.send(enc.get_dests(key, seq))
+                    while True:
+                        n = c.recv()
+                        if scanner.pattern is None:
+                            scanner.learn(buf, n, enc.family)
+                        found += scanner.scan(buf, n)
+                        finished = wire.dump_finished(buf, n, seq)
+                        if finished:
+                            break
+                        if finished is None:
+                            gone.append(key)
+                            return
+                except OSError as exc:
+                    raise BackendError(f"IPVS dest dump of {key} failed: {exc.strerror}",
+                                       exc.errno or 0) from exc
+                out[key] = wire.service_fingerprint(services[key], found)
+
+        keys = list(services)
+        self._on_sockets(self.fingerprint_workers, len(keys), work)
+        return None if gone else out
+
+    def _on_sockets(self, workers: int, count: int,
+                    work: Callable[[_Conn, range], None]) -> None:
+        """work(socket, indexes) over ``count`` items split across up to ``workers``
+        sockets, from threads: dumps cannot share a socket, and the kernel fills a dump
+        inside send()/recv(), which release the GIL. The first failure is raised here."""
+        conn, _ = self._main()
+        workers = min(workers, max(1, count // SERVICES_PER_DUMP_WORKER))
+        while len(self._extra) < workers - 1:
+            self._extra.append(_Conn())
+        conns = [conn, *self._extra[:workers - 1]]
         failures: list[BaseException] = []
 
         def run(first: int, c: _Conn) -> None:
-            buf = c.buf
             try:
-                for key in keys[first::len(conns)]:
-                    seq = c.reserve(1)
-                    found: list[bytes] = []
-                    try:
-                        c.sock.send(enc.get_dests(key, seq))
-                        while True:
-                            n = c.recv()
-                            if scanner.pattern is None:
-                                scanner.learn(buf, n, enc.family)
-                            found += scanner.scan(buf, n)
-                            finished = wire.dump_finished(buf, n, seq)
-                            if finished:
-                                break
-                            if finished is None:
-                                gone.append(key)
-                                return
-                    except OSError as exc:
-                        raise BackendError(f"IPVS dest dump of {key} failed: {exc.strerror}",
-                                           exc.errno or 0) from exc
-                    out[key] = wire.service_fingerprint(services[key], found)
+                work(c, range(first, count, len(conns)))
             except BaseException as exc:   # re-raised in the caller's thread
                 failures.append(exc)
 
@@ -273,7 +286,6 @@ class IpvsNetlink:
             t.join()
         if failures:
             raise failures[0]
-        return None if gone else out
 
     def observe_services(self, keys: Iterable[ServiceKey], stats: bool = False) -> IpvsObserved:
         """Only these services: one GET_SERVICE request per key (answered ESRCH when the
@@ -313,52 +325,34 @@ class IpvsNetlink:
                     out.fingerprints = None
 
     def _dump_dests(self, keys: list[ServiceKey], stats: bool) -> list[tuple[dict, dict, list]]:
-        """Each service's (dests, dest stats, dest configuration bytes), in ``keys`` order.
-        Dumps cannot share a socket, so with ``dump_workers`` > 1 several sockets dump at
-        once from threads (the kernel fills a dump inside send()/recv(), which release
-        the GIL)."""
-        conn, enc = self._main()
+        """Each service's (dests, dest stats, dest configuration bytes), in ``keys`` order,
+        from ``dump_workers`` sockets."""
+        _, enc = self._main()
         results: list[tuple[dict, dict, list]] = [({}, {}, []) for _ in keys]
         scanner = self._scanner
-        workers = min(self.dump_workers, max(1, len(keys) // SERVICES_PER_DUMP_WORKER))
-        while len(self._extra) < workers - 1:
-            self._extra.append(_Conn())
-        conns = [conn, *self._extra[:workers - 1]]
-        failures: list[BaseException] = []
 
-        def run(first: int, c: _Conn) -> None:
+        def work(c: _Conn, indexes: range) -> None:
             decoder = wire.DestDecoder()
-            try:
-                for i in range(first, len(keys), len(conns)):
-                    key = keys[i]
-                    dests, dest_stats, found = results[i]
-                    seq = c.reserve(1)
-                    try:
-                        c.sock.send(enc.get_dests(key, seq))
-                        while True:
-                            n = c.recv()
-                            if scanner.pattern is None:
-                                scanner.learn(c.buf, n, enc.family)
-                            found += scanner.scan(c.buf, n)
-                            if decoder.decode_into(c.buf, n, seq, key, dests,
-                                                   dest_stats if stats else None):
-                                break
-                    except OSError as exc:
-                        if exc.errno != errno_mod.ESRCH:   # ESRCH: service deleted meanwhile
-                            raise BackendError(f"IPVS dest dump of {key} failed: {exc.strerror}",
-                                               exc.errno or 0) from exc
-            except BaseException as exc:   # re-raised in the caller's thread
-                failures.append(exc)
+            for i in indexes:
+                key = keys[i]
+                dests, dest_stats, found = results[i]
+                seq = c.reserve(1)
+                try:
+                    c.sock.send(enc.get_dests(key, seq))
+                    while True:
+                        n = c.recv()
+                        if scanner.pattern is None:
+                            scanner.learn(c.buf, n, enc.family)
+                        found += scanner.scan(c.buf, n)
+                        if decoder.decode_into(c.buf, n, seq, key, dests,
+                                               dest_stats if stats else None):
+                            break
+                except OSError as exc:
+                    if exc.errno != errno_mod.ESRCH:   # ESRCH: service deleted meanwhile
+                        raise BackendError(f"IPVS dest dump of {key} failed: {exc.strerror}",
+                                           exc.errno or 0) from exc
 
-        threads = [threading.Thread(target=run, args=(i, c), daemon=True)
-                   for i, c in enumerate(conns) if i]
-        for t in threads:
-            t.start()
-        run(0, conns[0])
-        for t in threads:
-            t.join()
-        if failures:
-            raise failures[0]
+        self._on_sockets(self.dump_workers, len(keys), work)
         return results
 
     # apply ----------------------------------------------------------------
