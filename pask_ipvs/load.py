@@ -13,6 +13,7 @@ import contextlib
 import functools
 import gc
 import ipaddress
+import socket
 from typing import Sequence
 
 import yaml
@@ -296,9 +297,25 @@ def load_config(path: str, text: str | None = None) -> Config:
 
 # -- model ---------------------------------------------------------------------------
 
+def dotted_quad(text: str) -> bytes | None:
+    """The 4 bytes of an IPv4 address written canonically ('10.99.0.1'), else None.
+
+    A fast path for the common case: ``ipaddress`` parses each octet in Python
+    (17% of loading 1024 x 32), inet_aton in C. Only text that inet_ntoa gives
+    back unchanged counts, so inet_aton's laxer forms ('10.1', '010.0.0.1')
+    still go to ``ipaddress``, which refuses them."""
+    try:
+        packed = socket.inet_aton(text)
+    except (OSError, ValueError):       # ValueError: an embedded NUL
+        return None
+    return packed if socket.inet_ntoa(packed) == text else None
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def canonical_address(text: str) -> str:
     """'fd00:0::1' -> 'fd00::1' (addresses are compared and keyed in this form)."""
+    if dotted_quad(text) is not None:
+        return text
     return str(ipaddress.ip_address(text))
 
 

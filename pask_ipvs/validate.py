@@ -20,7 +20,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
 from .errors import PathPart, Problem, format_path
-from .load import DEFAULT_HEALTH, DEFAULT_NAT_MODE, DEFAULT_PROTOCOL, LineMap
+from .load import DEFAULT_HEALTH, DEFAULT_NAT_MODE, DEFAULT_PROTOCOL, LineMap, dotted_quad
 
 Path = tuple[PathPart, ...]
 Issue = tuple[Path, str]
@@ -348,6 +348,9 @@ def _hostport(addr: IpAddress, port: int | None) -> str:
 @functools.lru_cache(maxsize=1 << 16)
 def _parse_address(text: str) -> IpAddress | str:
     """The address, or why it is not one."""
+    packed = dotted_quad(text)
+    if packed is not None:
+        return ipaddress.IPv4Address(packed)
     try:
         return ipaddress.ip_address(text)
     except ValueError:

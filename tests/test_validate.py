@@ -494,3 +494,28 @@ def test_validate_returns_problems_with_lines():
     data, lines = load_document("f.yaml", "version: 1\nservices:\n  - {name: a, vip: 10.99.100.1, port: 0}\n")
     [p] = validate(data, lines, "f.yaml")
     assert (p.file, p.line, p.path) == ("f.yaml", 3, "$.services[0].port")
+
+
+# -- the dotted-quad fast path agrees with ipaddress ------------------------------------
+from hypothesis import given as _given, settings as _settings, strategies as _st  # noqa: E402
+
+_octet = _st.one_of(_st.integers(0, 255).map(str), _st.integers(0, 999).map(str),
+                    _st.sampled_from(["00", "010", "0x1f", "1 ", " 1", "", "-1", "1\x00", "٣"]))
+
+
+@_settings(max_examples=400, deadline=None)
+@_given(_st.one_of(_st.lists(_octet, min_size=1, max_size=6).map(".".join), _st.text(max_size=20)))
+def test_address_fast_path_agrees_with_ipaddress(text):
+    import ipaddress
+    from pask_ipvs.load import canonical_address
+    from pask_ipvs.validate import _parse_address
+    try:
+        want = ipaddress.ip_address(text)
+    except ValueError:
+        want = None
+    got = _parse_address.__wrapped__(text)
+    if want is None:
+        assert isinstance(got, str)
+    else:
+        assert got == want and type(got) is type(want)
+        assert canonical_address.__wrapped__(text) == str(want)
