@@ -83,6 +83,14 @@ def results_table(d: str) -> str:
                  _s(rs_cold),
                  "pask <= 0.5 x keepalived" + (f" (is {r:.2f} x)" if r is not None else ""),
                  _verdict(None if r is None else r <= 0.5)))
+    reboot = _get(_load(d, "pask-1024-reboot.json"), "cold")
+    if reboot:
+        r = ratio(_get(reboot, "s") if _get(reboot, "ok") else None, ka_cold)
+        rows.append(("(1b) the same cold apply after a reboot: empty kernel, pask's state file and "
+                     "config cache kept (not the issue's target: keepalived keeps no cache)",
+                     _cell(reboot, f" (peak RSS {_mb(_get(reboot, 'peak_rss_kb'))})"), "-", "-",
+                     "reported" + (f" ({r:.2f} x keepalived's cold start)" if r is not None else ""),
+                     "-"))
     r = ratio(p_noop, ka_cold)
     nops = _get(noop, "ops")
     rows.append(("(2) no-op apply, 1024 x 32",

@@ -2,8 +2,8 @@
 # bench/run.sh [--quick] [--no-profile] — pask-apply at scale vs keepalived and
 # ipvsadm-restore, in the IPVS test VM, every cold apply on a FRESH boot.
 #
-#   bench/run.sh            full table: 1024 x 32 (pask, keepalived, ipvsadm-restore),
-#                           scaling at 256 and 4096 x 32, and a profile (7 boots, ~10 min
+#   bench/run.sh            full table: 1024 x 32 (pask, keepalived, ipvsadm-restore, pask after a reboot),
+#                           scaling at 256 and 4096 x 32, and a profile (8 boots, ~8 min
 #                           on an idle 2-core machine; much longer when other VMs run)
 #   bench/run.sh --quick    1024 x 32 only, each tool once (3 boots)
 #   bench/run.sh --no-profile   the full table without the two profiling boots
@@ -86,10 +86,12 @@ boot() {   # boot NAME 'command run in the VM, from the repo root'
 
 VPY=$PY   # the VM sees this machine's filesystem: the same interpreter, by full path
 M=$OUT/scale-1024
-boot pask-1024 "$VPY bench/scale.py run $M.yaml --meta $M.meta.json --changed $M.changed.yaml --out $OUT/pask-1024.json"
+boot pask-1024 "$VPY bench/scale.py run $M.yaml --meta $M.meta.json --changed $M.changed.yaml --save-state $OUT/state-1024 --out $OUT/pask-1024.json"
 boot keepalived-1024 "$VPY bench/peers.py keepalived --dir $OUT --name scale-1024 --out $OUT/keepalived-1024.json"
 boot restore-1024 "$VPY bench/peers.py restore --dir $OUT --name scale-1024 --out $OUT/restore-1024.json"
 if [ $QUICK = 0 ]; then
+    # a reboot: empty kernel, pask's state file and config cache kept from the run above
+    boot pask-1024-reboot "$VPY bench/scale.py run $M.yaml --meta $M.meta.json --cold-only --state-from $OUT/state-1024 --out $OUT/pask-1024-reboot.json"
     for n in 256 4096; do
         M=$OUT/scale-$n
         boot pask-$n "$VPY bench/scale.py run $M.yaml --meta $M.meta.json --cold-only --out $OUT/pask-$n.json"

@@ -30,6 +30,7 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,9 @@ def _require_fresh(result: dict) -> None:
                          "a cold apply is measured on a fresh boot only")
 
 
+STATE_FILES = ("state.json", "config-cache.pickle")   # what pask keeps in its state directory
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     meta = _json_out(args.meta) if args.meta else None
     want = meta["objects"] if meta else args.expect
@@ -150,6 +154,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "command": pask_apply(), "config": args.config, "pask": pask_source()}
     _require_fresh(result)
     result["warm_up"] = warm_up(args.config, tmp)
+    if args.state_from:     # a reboot: the kernel is empty, /var/lib/pask is as it was
+        for name in STATE_FILES:
+            shutil.copy2(os.path.join(args.state_from, name), os.path.join(tmp, name))
+        result["state_from"] = args.state_from
 
     # (1) cold apply from an empty kernel; the CPU calibration right before and after it
     # tells whether the machine was as fast during this run as during the others
@@ -176,6 +184,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     noop.update(ops=None if ops is None else len(ops), verified=rep.get("verified"),
                 ok=noop["rc"] == 0 and ops == [])
     result["noop"] = noop
+    if args.save_state:     # what a later boot starts from (run --state-from)
+        os.makedirs(args.save_state, exist_ok=True)
+        for name in STATE_FILES:
+            shutil.copy2(os.path.join(tmp, name), os.path.join(args.save_state, name))
 
     # (3) one real server's weight changed
     if args.changed:
@@ -419,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--expect", type=int, help="expected IPVS objects (without --meta)")
     r.add_argument("--changed", help="the config with one weight changed (NAME.changed.yaml)")
     r.add_argument("--cold-only", action="store_true")
+    r.add_argument("--save-state", metavar="DIR",
+                   help="after the no-op run, copy pask's state file and config cache to DIR")
+    r.add_argument("--state-from", metavar="DIR",
+                   help="start the cold run with DIR's state file and config cache (a reboot)")
     r.add_argument("--out", help="write the JSON result here too")
     r.set_defaults(fn=cmd_run)
     p = sub.add_parser("profile", help="where pask-apply's time goes (cold then no-op)")
