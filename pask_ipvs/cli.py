@@ -32,6 +32,11 @@ Only objects pask owns are changed: the services the config declares (recorded
 in the state file) and the nftables table 'inet pask'. Foreign IPVS services and
 other nft tables are never touched. A bad config changes nothing and lists
 every problem as FILE:LINE: $.path: message.
+
+Beside the state file pask keeps a cache of the validated config and the
+fingerprint of the last verified kernel: a re-run with nothing changed answers
+from them without parsing the config (-v says so). Both are only for speed;
+deleting them makes the next run do everything the long way.
 """
 
 
