@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 
 from .backend.base import BackendError, Backends
 from .kernel import Desired, IpvsObserved, NftObserved, Observed, ServiceKey
-from .plan import DELETE, REPLACE, Op, Plan, diff
+from .plan import REPLACE, Op, Plan, diff
 from .state import PaskState
 
 IPVS_KINDS = ("service", "dest")

@@ -13,7 +13,7 @@ from typing import Mapping
 from .kernel import (
     FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, Desired, IpvsDest, IpvsService, ServiceKey, VipAddress,
 )
-from .model import Config, NatMode, OnFailure, ServerState, Service
+from .model import Config, NatMode, Service
 from .health.machine import effective_weights
 
 FWD_BY_MODE = {

@@ -26,6 +26,7 @@ here and nowhere else.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 from dataclasses import dataclass
@@ -774,12 +775,10 @@ class DestConfigScanner:
     """
 
     def __init__(self) -> None:
-        self.pattern: "re.Pattern[bytes] | None" = None
+        self.pattern: re.Pattern[bytes] | None = None
 
     def learn(self, buf, nbytes: int, msg_type: int) -> bool:
         """Learn the pattern from the first dest reply (type ``msg_type``) in the buffer."""
-        import re
-
         for hdr in iter_messages(buf, nbytes):
             if hdr.type != msg_type:
                 continue

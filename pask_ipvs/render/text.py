@@ -6,7 +6,7 @@ import dataclasses
 import enum
 from typing import Iterable
 
-from ..kernel import IpvsDest, IpvsService, NftObserved, NftTable
+from ..kernel import IpvsDest, NftTable
 from ..plan import ADD, DELETE, REPLACE, SET, Op, Plan
 from . import NO_CHANGES
 
@@ -32,7 +32,7 @@ def op_line(op: Op) -> str:
     elif op.kind == "sysctl":
         body = f"{op.key} = {op.after}" + (f" (was {op.before})" if op.before is not None else "")
     elif op.kind == "nft":
-        body = f"table inet pask"
+        body = "table inet pask"
         if isinstance(op.after, NftTable):
             body += f" ({len(op.after.command_list())} objects, {op.after.digest})"
     elif op.kind == "link" and op.action == SET:
