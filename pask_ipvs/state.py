@@ -111,7 +111,8 @@ def write_json_atomic(path: str, data: object) -> None:
 def write_atomic(path: str, data: bytes, dir_mode: int = 0o755) -> None:
     """Write a private (0600) file whole or not at all: a temp file beside it, renamed
     over it. (Not tempfile: importing it costs the no-op fast path a tenth of a second
-    under emulation; callers hold the state lock, so the pid names a unique temp file.)"""
+    under emulation. The pid makes the temp name this process's own; pask writes
+    each file from one thread.)"""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=dir_mode, exist_ok=True)
     tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}.{os.getpid()}")
