@@ -183,15 +183,25 @@ def load_health(path: str | None) -> dict[str, bool]:
 
 def parse_health(raw: bytes, path: str) -> dict[str, bool]:
     """load_health of the bytes read_health_bytes gave."""
+    return {k: bool(v.get("up", True)) for k, v in health_servers(raw, path).items()}
+
+
+def health_servers(raw: bytes, path: str) -> dict[str, dict]:
+    """server key -> its record ("up", "since", "detail") from the health file's bytes;
+    ValueError when they are not a health file this version of pask reads."""
     if not raw:
         return {}
     try:
         data = json.loads(raw)
     except ValueError as e:
         raise ValueError(f"{path}: corrupt health file: {e}") from e
-    if data.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: unsupported health file version {data.get('version')!r}")
-    return {k: bool(v.get("up", True)) for k, v in data.get("servers", {}).items()}
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        version = data.get("version") if isinstance(data, dict) else None
+        raise ValueError(f"{path}: unsupported health file version {version!r}")
+    servers = data.get("servers", {})
+    if not isinstance(servers, dict) or not all(isinstance(v, dict) for v in servers.values()):
+        raise ValueError(f"{path}: corrupt health file: 'servers' is not a mapping of records")
+    return {k: dict(v) for k, v in servers.items()}
 
 
 class locked:

@@ -631,3 +631,31 @@ def test_a_storm_of_transitions_is_written_in_few_batches(tmp_path):
     d, b = asyncio.run(scenario())
     assert len(events(d, "transition")) == 50 and b.ipvs.writes == 50
     assert d.kernel_writes <= 10, d.kernel_writes
+
+
+# -- the health file a restarted daemon starts from ---------------------------------------
+
+@pytest.mark.parametrize("content, want, warned", [
+    (None, {}, False),                                                     # no file yet
+    (b'{"version": 1, "servers": {"web/10.99.2.11:80": {"up": false, "since": 5.0}}}',
+     {"web/10.99.2.11:80": {"up": False, "since": 5.0}}, False),
+    (b"{not json", {}, True),
+    (b'{"version": 7, "servers": {}}', {}, True),
+    (b'[1, 2]', {}, True),
+    (b'{"version": 1, "servers": {"x": 3}}', {}, True),
+])
+def test_previous_health_is_read_or_ignored_with_a_warning(tmp_path, content, want, warned):
+    from pask_ipvs.health.daemon import load_previous_health
+    from pask_ipvs.state import load_health
+    path = tmp_path / "health.json"
+    if content is not None:
+        path.write_bytes(content)
+    events = []
+    got = load_previous_health(str(path), lambda event, **kw: events.append((event, kw)))
+    assert got == want
+    assert bool(events) == warned and all(e == "health_file_ignored" for e, _ in events)
+    if warned:                      # pask-apply refuses what the daemon ignores
+        with pytest.raises(ValueError):
+            load_health(str(path))
+    else:
+        assert load_health(str(path)) == {k: v["up"] for k, v in want.items()}

@@ -409,17 +409,11 @@ def _op_text(op: Op) -> str:
 
 def load_previous_health(path: str | None, log: EventLog) -> dict[str, dict]:
     """The health file's servers; a missing or unreadable file means nothing is known."""
-    if not path:
-        return {}
+    from ..state import health_servers, read_health_bytes
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if data.get("version") != 1:
-            raise ValueError(f"unsupported version {data.get('version')!r}")
-        return {k: dict(v) for k, v in data.get("servers", {}).items()}
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, AttributeError, TypeError) as e:
+        return health_servers(read_health_bytes(path), path or "")
+    except (OSError, ValueError) as e:
         # Health can be measured again; refusing to start would leave servers unchecked.
         log("health_file_ignored", level="warning", file=path, error=str(e))
         return {}
