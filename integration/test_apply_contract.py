@@ -132,8 +132,8 @@ def test_drift_in_owned_service_is_repaired_and_foreign_service_left_alone(apply
 # ---- the no-op fast path: kernel fingerprints ---------------------------------------------
 def test_a_rerun_answers_from_the_kernel_fingerprint_and_any_drift_is_seen(apply, lb: Lab) -> None:
     """An unchanged config on an unchanged kernel is answered from fingerprints; every kind
-    of hand edit (thresholds and scheduler included) takes the full path and is repaired;
-    traffic (counters) is not a change."""
+    of hand edit (thresholds and scheduler included, pask0 set down) takes the full path and
+    is repaired, and the VIP answers again; traffic (counters) is not a change."""
     cfg = config(service(scheduler="wrr"))
     apply(cfg, expect=0)
     fast = apply(cfg, "-v", "--detailed-exitcode", expect=0)
@@ -144,6 +144,7 @@ def test_a_rerun_answers_from_the_kernel_fingerprint_and_any_drift_is_seen(apply
         "scheduler": lambda: lb.ipvsadm("-E", "-t", WEB, "-s", "rr"),
         "weight": lambda: lb.ipvsadm("-e", "-t", WEB, "-r", rs1, "-m", "-w", "5"),
         "VIP address": lambda: run(["ip", "-n", "lb", "addr", "del", f"{VIP}/32", "dev", "pask0"]),
+        "pask0 down": lambda: run(["ip", "-n", "lb", "link", "set", "pask0", "down"]),
     }
     for what, edit in edits.items():
         edit()

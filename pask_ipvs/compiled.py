@@ -131,8 +131,7 @@ class ConfigCache:
     def __init__(self, cache_file: str | None):
         self.cache_file = cache_file
         self.how = ""
-        self._entry: dict | None = None       # what save() writes
-        self._dirty = False
+        self._learnt: tuple | None = None     # what save() writes: see _remember
 
     # -- reading -----------------------------------------------------------------
     def _read(self) -> dict | None:
@@ -165,7 +164,6 @@ class ConfigCache:
             config = _from_entry(old, path)
             if config is not None:
                 self.how = "cached"
-                self._entry = old
                 return config
         split = split_services(text)
         if split is None:
@@ -194,35 +192,33 @@ class ConfigCache:
     # -- writing -----------------------------------------------------------------
     def _remember(self, code: bytes, file_digest: bytes, config: Config,
                   digests: list[bytes] | None, known: dict[bytes, bytes] | None = None) -> None:
+        """Keep what save() needs; pickling waits for save(), which only a run that
+        applied calls (not a dry run, not a failed one)."""
+        self._learnt = (code, file_digest, config, digests, known or {})
+
+    def save(self) -> bool:
+        """Write the cache if this run learnt something; False when it could not be written."""
+        if self._learnt is None or not self.cache_file:
+            return True
         import pickle
+
+        from .state import write_atomic
+        code, file_digest, config, digests, known = self._learnt
         entry: dict = {"format": FORMAT, "code": code, "file": file_digest,
                        "head": (config.vip_interface, config.drain_timeout)}
         if digests is None:
             entry["config"] = pickle.dumps(config.services, pickle.HIGHEST_PROTOCOL)
         else:
-            known = known or {}
-            chunks = {}
-            for digest, svc in zip(digests, config.services):
-                blob = known.get(digest)
-                chunks[digest] = blob if blob is not None else pickle.dumps(svc, pickle.HIGHEST_PROTOCOL)
             entry["order"] = digests
-            entry["chunks"] = chunks
-        self._entry = entry
-        self._dirty = True
-
-    def save(self) -> bool:
-        """Write the cache if this run learnt something; False when it could not be written."""
-        if not self._dirty or not self.cache_file or self._entry is None:
-            return True
-        import pickle
-
-        from .state import write_atomic
+            entry["chunks"] = {
+                digest: known.get(digest) or pickle.dumps(svc, pickle.HIGHEST_PROTOCOL)
+                for digest, svc in zip(digests, config.services)}
         try:
-            write_atomic(self.cache_file, pickle.dumps(self._entry, pickle.HIGHEST_PROTOCOL),
+            write_atomic(self.cache_file, pickle.dumps(entry, pickle.HIGHEST_PROTOCOL),
                          dir_mode=0o700)
         except OSError:
             return False
-        self._dirty = False
+        self._learnt = None
         return True
 
 

@@ -324,6 +324,9 @@ def test_cli_apply_uses_the_cache_beside_the_state_file(tmp_path, monkeypatch, c
     cfg.write_text(config_text(3))
     files = ["--state-file", str(tmp_path / "lib" / "state.json"),
              "--health-file", str(tmp_path / "lib" / "health.json")]
+    assert cli.apply_main([*files, "--dry-run", str(cfg)]) == 0
+    assert not os.path.exists(tmp_path / "lib" / compiled.CACHE_NAME)   # a dry run keeps nothing
+    capsys.readouterr()
     assert cli.apply_main([*files, "-v", str(cfg)]) == 0
     assert "config: full" in capsys.readouterr().err
     assert os.path.exists(tmp_path / "lib" / compiled.CACHE_NAME)
