@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """pask-apply at scale, measured inside ONE boot of the IPVS VM (bench/run.sh boots it).
 
-    # cold apply from an empty kernel, no-op apply, one weight changed
+    # cold apply from an empty kernel, no-op apply, one weight changed (pask-apply), then
+    # the same change back through pask-healthd's SIGHUP reload (keepalived's way)
     python bench/scale.py run examples/scale-1024.yaml --meta M.meta.json --changed M.changed.yaml
     # cold apply only (the scaling runs)
     python bench/scale.py run /tmp/scale-4096.yaml --meta M.meta.json --cold-only
@@ -31,6 +32,7 @@ import inspect
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PYENV_PY = "/root/.pyenv/versions/3.11.7/bin/python"
 sys.path.insert(0, HERE)
-from peers import _env, _emit, calibrate, dest_weight, ipvs_objects  # noqa: E402
+from peers import _env, _emit, calibrate, dest_weight, ipvs_objects, wait_until  # noqa: E402
 
 
 def python() -> str:
@@ -54,6 +56,13 @@ def pask_apply() -> list[str]:
     if os.access(script, os.X_OK):
         return [script]
     return [PYENV_PY, "-m", "pask_ipvs.cli", "apply"]
+
+
+def pask_healthd() -> list[str]:
+    script = os.path.join(ROOT, ".venv", "bin", "pask-healthd")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [PYENV_PY, "-m", "pask_ipvs.health.daemon"]
 
 
 def pask_source() -> dict:
@@ -203,9 +212,80 @@ def cmd_run(args: argparse.Namespace) -> int:
             ch["want_weight"] = c["new_weight"]
         ch["ok"] = ch["rc"] == 2 and len(ops) == 1 and ch.get("kernel_weight") == ch.get("want_weight")
         result["change"] = ch
+        if meta and meta.get("change") and ch["ok"] and not args.no_healthd:
+            result["healthd_reload"] = healthd_reload(tmp, args.changed, args.config, meta["change"],
+                                                      args.timeout)
     _emit(result, args.out)
-    ok = result["noop"]["ok"] and result.get("change", {"ok": True})["ok"]
+    ok = result["noop"]["ok"] and all(result.get(k, {"ok": True})["ok"]
+                                      for k in ("change", "healthd_reload"))
     return 0 if ok else 1
+
+
+def _events(path: str) -> list[dict]:
+    out = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+    return out
+
+
+def healthd_reload(tmp: str, running: str, edited: str, change: dict, timeout: float) -> dict:
+    """The same single change made the keepalived way: pask-healthd (a resident process,
+    like keepalived) runs with ``running`` (what the kernel holds now), the file is
+    replaced by ``edited`` (the change run's weight back to the old one), SIGHUP; timed
+    from the signal until the kernel shows the weight, as peers.py times keepalived."""
+    conf = os.path.join(tmp, "healthd.yaml")
+    shutil.copyfile(running, conf)
+    log_path = os.path.join(tmp, "healthd.log")
+    out: dict = {"command": pask_healthd()}
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [*pask_healthd(), conf, "--state-file", os.path.join(tmp, "state.json"),
+             "--health-file", os.path.join(tmp, "health.json")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_child_env())
+    try:
+        ready, _, _ = wait_until(lambda: proc.poll() is not None or
+                                 any(e.get("event") == "ready" for e in _events(log_path)),
+                                 timeout, 0.05)
+        out["start_s"] = round(time.perf_counter() - t0, 3)
+        if not ready or proc.poll() is not None:
+            out.update(ok=False, log_tail=open(log_path, errors="replace").read()[-1500:])
+            return out
+        want = change["old_weight"]
+        out["weight_before"] = dest_weight(change["ipvsadm_service"], change["dest"])
+        shutil.copyfile(edited, conf + ".new")
+        os.replace(conf + ".new", conf)
+        t1 = time.perf_counter()
+        os.kill(proc.pid, signal.SIGHUP)
+        met, _, polls = wait_until(
+            lambda: dest_weight(change["ipvsadm_service"], change["dest"]) == want, timeout, 0.05)
+        out.update(reload_s=round(time.perf_counter() - t1, 3), reload_polls=polls,
+                   kernel_weight=dest_weight(change["ipvsadm_service"], change["dest"]),
+                   want_weight=want)
+        # the reload's drift check (resync) runs after its write: wait for the loop to
+        # take the next signal, which it does only once the resync is done
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    events = _events(log_path)
+    after = [e for e in events[next((i for i, e in enumerate(events) if e.get("event") == "reload"),
+                                    len(events)):]]
+    writes = [e for e in after if e.get("event") == "kernel"]
+    reload_ev = next((e for e in after if e.get("event") == "reload"), {})
+    out.update(ops=len(writes), op=[e.get("op") for e in writes][:5], changed=reload_ev.get("changed"),
+               drift=[e for e in after if e.get("event") == "drift"][:3], rc=proc.returncode,
+               ok=met and len(writes) == 1 and proc.returncode == 0)
+    if not out["ok"]:
+        out["log_tail"] = open(log_path, errors="replace").read()[-1500:]
+    return out
 
 
 # -- where the time goes ---------------------------------------------------------------
@@ -431,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--expect", type=int, help="expected IPVS objects (without --meta)")
     r.add_argument("--changed", help="the config with one weight changed (NAME.changed.yaml)")
     r.add_argument("--cold-only", action="store_true")
+    r.add_argument("--no-healthd", action="store_true",
+                   help="skip the pask-healthd SIGHUP measurement of the same change")
+    r.add_argument("--timeout", type=float, default=900, help="seconds to wait for pask-healthd")
     r.add_argument("--save-state", metavar="DIR",
                    help="after the no-op run, copy pask's state file and config cache to DIR")
     r.add_argument("--state-from", metavar="DIR",

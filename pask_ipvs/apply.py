@@ -73,32 +73,10 @@ def observe_after(desired: Desired, backends: Backends, before: Observed, ops: I
         ipvs = backends.ipvs.observe(stats=stats)
     elif keys:
         fresh = backends.ipvs.observe_services(sorted(keys), stats=stats)
-        ipvs = _replace_services(before.ipvs, fresh, keys)
+        ipvs = before.ipvs.replaced(fresh, keys)
     else:                       # only nft, addresses or sysctls changed: IPVS is as it was
-        ipvs = _replace_services(before.ipvs, IpvsObserved(), keys)
+        ipvs = before.ipvs.replaced(IpvsObserved(), keys)
     return _observe_rest(desired, backends, ipvs)
-
-
-def _replace_services(before: IpvsObserved, fresh: IpvsObserved,
-                      keys: set[ServiceKey]) -> IpvsObserved:
-    """``before`` with every trace of ``keys`` replaced by ``fresh`` (a new object:
-    ``before`` is the caller's and stays as it was)."""
-    out = IpvsObserved(
-        services={k: v for k, v in before.services.items() if k not in keys},
-        dests={k: v for k, v in before.dests.items() if k.service not in keys},
-        service_stats={k: v for k, v in before.service_stats.items() if k not in keys},
-        dest_stats={k: v for k, v in before.dest_stats.items() if k.service not in keys},
-    )
-    if before.fingerprints is None or fresh.fingerprints is None:
-        out.fingerprints = None
-    else:
-        out.fingerprints = {k: v for k, v in before.fingerprints.items() if k not in keys}
-        out.fingerprints.update(fresh.fingerprints)
-    out.services.update(fresh.services)
-    out.dests.update(fresh.dests)
-    out.service_stats.update(fresh.service_stats)
-    out.dest_stats.update(fresh.dest_stats)
-    return out
 
 
 def preflight(desired: Desired, backends: Backends) -> list[str]:

@@ -132,6 +132,10 @@ class ConfigCache:
         self.cache_file = cache_file
         self.how = ""
         self._learnt: tuple | None = None     # what save() writes: see _remember
+        # What this process loaded last: a daemon that reloads (pask-healthd on SIGHUP)
+        # reuses the models of unchanged items as they are, without reading the file.
+        self._live: dict[bytes, Service] = {}
+        self._live_file: tuple[bytes, Config] | None = None
 
     # -- reading -----------------------------------------------------------------
     def _read(self) -> dict | None:
@@ -157,36 +161,51 @@ class ConfigCache:
             text = read_config_text(path)
         code = code_digest()
         file_digest = hashlib.blake2b(code + text.encode(), digest_size=32).digest()
-        old = self._read()
-        if old is not None and old.get("code") != code:
-            old = None
+        if self._live_file is not None and self._live_file[0] == file_digest \
+                and self._live_file[1].source == path:
+            self.how = "cached"
+            return self._live_file[1]
+        split = split_services(text)
+        digests = None if split is None else [_digest(item) for item in split[1]]
+        live = self._live
+        old = None
+        if digests is None or any(d not in live for d in digests):
+            old = self._read()
+            if old is not None and old.get("code") != code:
+                old = None
         if old is not None and old.get("file") == file_digest:
             config = _from_entry(old, path)
             if config is not None:
                 self.how = "cached"
-                return config
-        split = split_services(text)
+                return self._keep(file_digest, config, old.get("order"))
         if split is None:
             self.how = "full"
             config = load_config(path, text)
             self._remember(code, file_digest, config, None)
-            return config
+            return self._keep(file_digest, config, None)
+        assert digests is not None
         head, items = split
-        digests = [_digest(item) for item in items]
         known: dict[bytes, bytes] = old.get("chunks", {}) if old is not None else {}
-        missing = sum(1 for d in digests if d not in known)
+        missing = sum(1 for d in digests if d not in live and d not in known)
         config = None
         if missing * FULL_PARSE_SHARE <= len(items) or missing <= 1:
-            config = _load_items(path, head, items, digests, known)
+            config = _load_items(path, head, items, digests, known, live)
         if config is None:
             self.how = "full"
             config = load_config(path, text)
             if not _aligned(config, items):          # the split disagrees: keep the file whole
                 self._remember(code, file_digest, config, None)
-                return config
+                return self._keep(file_digest, config, None)
         else:
             self.how = f"{missing} of {len(items)} services parsed"
         self._remember(code, file_digest, config, digests, known)
+        return self._keep(file_digest, config, digests)
+
+    def _keep(self, file_digest: bytes, config: Config, digests: list[bytes] | None) -> Config:
+        """Remember this load in memory for the next load() of this process."""
+        self._live_file = (file_digest, config)
+        self._live = dict(zip(digests, config.services)) \
+            if digests is not None and len(digests) == len(config.services) else {}
         return config
 
     # -- writing -----------------------------------------------------------------
@@ -250,8 +269,9 @@ def _from_entry(entry: dict, path: str) -> Config | None:
 
 
 def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
-                known: dict[bytes, bytes]) -> Config | None:
-    """The config from the cached items plus the new ones parsed alone; None on any doubt."""
+                known: dict[bytes, bytes], live: dict[bytes, Service]) -> Config | None:
+    """The config from this process's models (``live``), the cached items (``known``,
+    pickled) and the new items, parsed alone; None on any doubt."""
     import pickle
     from .load import DEFAULT_DRAIN_TIMEOUT, DEFAULT_VIP_INTERFACE, _gc_paused, _service, parse_document
     from .model import Config
@@ -269,6 +289,10 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
             return None
         services: list[Service] = []
         for item, digest in zip(items, digests):
+            svc = live.get(digest)
+            if svc is not None:
+                services.append(svc)
+                continue
             blob = known.get(digest)
             if blob is not None:
                 try:

@@ -11,7 +11,7 @@ import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass, field
-from typing import Mapping, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
 FWD_MASQ = "masq"        # IPVS NAT (masquerading)
 FWD_ROUTE = "route"      # direct routing (L2 DSR)
@@ -139,6 +139,28 @@ class IpvsObserved:
 
     def dests_of(self, key: ServiceKey) -> list[IpvsDest]:
         return [d for d in self.dests.values() if d.service == key]
+
+    def replaced(self, fresh: "IpvsObserved", keys: Iterable[ServiceKey]) -> "IpvsObserved":
+        """This table with every trace of the services ``keys`` replaced by ``fresh`` (a read
+        of just those services); a key ``fresh`` lacks has left the kernel. A new object:
+        this one stays as it was (it may be the caller's)."""
+        keys = set(keys)
+        out = IpvsObserved(
+            services={k: v for k, v in self.services.items() if k not in keys},
+            dests={k: v for k, v in self.dests.items() if k.service not in keys},
+            service_stats={k: v for k, v in self.service_stats.items() if k not in keys},
+            dest_stats={k: v for k, v in self.dest_stats.items() if k.service not in keys},
+        )
+        if self.fingerprints is None or fresh.fingerprints is None:
+            out.fingerprints = None
+        else:
+            out.fingerprints = {k: v for k, v in self.fingerprints.items() if k not in keys}
+            out.fingerprints.update(fresh.fingerprints)
+        out.services.update(fresh.services)
+        out.dests.update(fresh.dests)
+        out.service_stats.update(fresh.service_stats)
+        out.dest_stats.update(fresh.dest_stats)
+        return out
 
 
 NFT_FAMILY = "inet"

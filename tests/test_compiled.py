@@ -258,6 +258,41 @@ def test_no_cache_file_means_no_cache():
     assert cache.load("c.yaml", text) == load_config("c.yaml", text) and cache.save()
 
 
+# -- in memory: a resident process (pask-healthd) reloading ------------------------------
+
+def test_a_resident_cache_parses_only_the_edited_service_and_reuses_the_rest(tmp_path):
+    path = tmp_path / "c.yaml"
+    text = config_text(40)
+    cache = ConfigCache(None)                    # no file at all: memory only
+    first = cache.load(str(path), text)
+    changed = text.replace("{address: 10.99.7.2, port: 8080}", "{address: 10.99.7.2, port: 8080, weight: 5}")
+    second = cache.load(str(path), changed)
+    assert cache.how == "1 of 40 services parsed"
+    assert second == load_config(str(path), changed)
+    assert all(a is b for a, b in zip(first.services, second.services) if a.name != "svc-7")
+    assert second.service("svc-7") is not first.service("svc-7")
+
+
+def test_a_resident_cache_returns_the_same_file_without_parsing(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    text = config_text(5)
+    cache = ConfigCache(None)
+    first = cache.load(str(path), text)
+    import pask_ipvs.load as load_mod
+    monkeypatch.setattr(load_mod, "parse_document", lambda *a: pytest.fail("parsed the same file"))
+    assert cache.load(str(path), text) is first and cache.how == "cached"
+
+
+def test_a_resident_cache_still_reports_problems_with_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    text = config_text(5)
+    cache = ConfigCache(None)
+    cache.load(str(path), text)
+    bad = text.replace("port: 80\n", "port: 70000\n", 1)
+    assert outcome(path, bad, cache) == outcome(path, bad)
+    assert outcome(path, bad, cache)[0] == "error"
+
+
 # -- random edits: always the full load's answer -----------------------------------------
 
 EDITS = ["weight", "reorder", "delete", "duplicate", "rename", "bad_port", "comment", "new",
@@ -303,6 +338,9 @@ def test_random_edits_give_the_full_loads_answer(tmp_path_factory, edits, indent
     changed = head + "services:\n" + "".join(items)
     with mock.patch.object(compiled, "FULL_PARSE_SHARE", 0 if item_by_item else compiled.FULL_PARSE_SHARE):
         assert outcome(path, changed, ConfigCache(cache_file)) == outcome(path, changed)
+        resident = ConfigCache(None)              # a daemon's reload: its own last load only
+        resident.load(str(path), text)
+        assert outcome(path, changed, resident) == outcome(path, changed)
 
 
 def test_big_config_round_trip(tmp_path):

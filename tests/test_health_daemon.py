@@ -330,8 +330,115 @@ def test_reload_from_a_file(tmp_path):
     assert {c.target.port for c in d.checks.values()} == {18080, 18082}
 
 
+# -- a reload costs what changed (keepalived's reload is the peer) -----------------------------
+
+API = ServiceKey.virtual("tcp", "10.99.100.2", 80)
+DNS = ServiceKey.virtual("tcp", "10.99.100.3", 80)
+
+
+def three(weight_a: int = 3):
+    """Three services with no health check (as keepalived's real servers without a checker)."""
+    none = Health(type="none", interval=2, timeout=1, rise=2, fall=3)
+    return make_config(web(rs("10.99.2.11", 8080, weight=weight_a), B, health=none),
+                       web(A, B, name="api", vip="10.99.100.2", health=none),
+                       web(A, B, name="dns", vip="10.99.100.3", health=none))
+
+
+def settled(config, **kw):
+    """A daemon that has started, read the kernel and written what it had to."""
+    d, b = build(config, **kw)
+    d.flush()
+    b.ipvs.observe_services_calls.clear()
+    b.ipvs.observe_calls = b.ipvs.fingerprint_calls = 0
+    return d, b
+
+
+def test_a_reload_with_one_weight_changed_reads_that_service_and_writes_once():
+    new = three(weight_a=9)
+    d, b = settled(three(), loader=lambda: (new, {}))
+    assert d.reload()
+    assert b.ipvs.observe_calls == 0 and b.ipvs.observe_services_calls == [[WEB]]
+    assert d.dirty == {"web"}
+    d.flush()
+    assert b.ipvs.writes == 1 and weight(b, "10.99.2.11") == 9
+    [e] = events(d, "reload")
+    assert e["changed"] == 1
+    [k] = events(d, "kernel")
+    assert k["op"].endswith("weight 3 -> 9")            # the config's change: no "(health)"
+
+
+def test_a_reload_of_the_same_config_reads_and_writes_nothing():
+    same = three()
+    d, b = settled(same, loader=lambda: (same, {}))
+    assert d.reload() and d.dirty == set()
+    d.flush()
+    assert b.ipvs.writes == 0 and b.ipvs.observe_services_calls == [] and b.ipvs.observe_calls == 0
+    assert d.resync() == set()                       # fingerprints agree: nothing read again
+    assert b.ipvs.fingerprint_calls == 1 and b.ipvs.observe_services_calls == []
+
+
+def test_after_a_reload_resync_finds_drift_elsewhere_and_repairs_it():
+    new = three(weight_a=9)
+    d, b = settled(three(), loader=lambda: (new, {}))
+    b.ipvs.seed((), [IpvsDest(API, "10.99.2.12", 8080, "masq", 77)])   # someone, by hand
+    assert d.reload()
+    d.flush()                                          # the reload's own change first
+    assert weight(b, "10.99.2.11") == 9 and b.ipvs.writes == 1
+    assert d.resync() == {"api", "web"}                # web: written by us, its digest unknown
+    d.flush()
+    assert weight(b, "10.99.2.12", key=API) == 2 and b.ipvs.writes == 2
+    [e] = events(d, "drift")
+    assert e["services"] == ["api"]                    # our own write is not called drift
+    assert events(d, "kernel")[-1]["op"].endswith("weight 77 -> 2  (drift)")
+    assert d.resync() == {"api"}                       # our repair: read back once, no write
+    d.flush()
+    assert b.ipvs.writes == 2 and len(events(d, "drift")) == 1
+    assert d.resync() == set()
+
+
+def test_a_reload_forgets_removed_services_and_keeps_unchanged_checks():
+    first = make_config(web(A, B), web(A, B, name="api", vip="10.99.100.2"))
+    second = make_config(web(A, B))
+    d, b = build(first, loader=lambda: (second, {}))
+    kept = d.checks["web/10.99.2.11:8080"]
+    assert d.reload()
+    assert d.checks["web/10.99.2.11:8080"] is kept
+    assert set(d.checks) == {"web/10.99.2.11:8080", "web/10.99.2.12:8080"}
+    assert set(d.machine.servers) == set(d.checks)
+
+
+def test_a_reload_that_changes_a_fwmark_reconciles_that_service():
+    config = three()
+    d, b = settled(config, loader=lambda: (config, {"dns": 7}))
+    assert d.reload() and d.dirty == {"dns"}
+
+
+def test_sighup_applies_the_change_before_looking_for_drift():
+    new = three(weight_a=9)
+    d, b = settled(three(), loader=lambda: (new, {}))
+    order = []
+    execute = d.execute
+    d.execute = lambda *a, **k: (order.append("write"), execute(*a, **k))[1]
+    fingerprint = b.ipvs.fingerprint
+    b.ipvs.fingerprint = lambda: (order.append("fingerprint"), fingerprint())[1]
+
+    async def run():
+        task = asyncio.create_task(d.serve())
+        while not events(d, "ready"):
+            await asyncio.sleep(0.01)
+        d.request_reload()
+        deadline = time.monotonic() + 10
+        while "fingerprint" not in order:
+            assert time.monotonic() < deadline, "no resync after the reload"
+            await asyncio.sleep(0.01)
+        d.stop()
+        await task
+    asyncio.run(run())
+    assert order == ["write", "fingerprint"] and weight(b, "10.99.2.11") == 9
+
+
 def test_checks_of():
-    checks = checks_of(make_config(web(A, health=dataclasses.replace(tcp(), port=9000))))
+    checks = checks_of(make_config(web(A, health=dataclasses.replace(tcp(), port=9000))).services)
     [c] = checks.values()
     assert c.key == health_key("web", "10.99.2.11", 8080)
     assert (c.service, c.server, c.target) == ("web", "10.99.2.11:8080",

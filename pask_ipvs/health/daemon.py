@@ -11,8 +11,15 @@ IPVS read once at start (and again after an error or a reload).
 The daemon changes destinations only, never services: creating services is
 pask-apply's job. It never deletes a destination the config does not name
 (pask-apply may be draining it); it deletes only servers that failed with
-``on_failure: remove``. SIGHUP re-reads the config and keeps the health of
-servers that stay; SIGTERM/SIGINT exit 0 and leave the kernel as it is.
+``on_failure: remove``. SIGTERM/SIGINT exit 0 and leave the kernel as it is.
+
+SIGHUP re-reads the config and keeps the health of servers that stay. Like
+keepalived's reload, it costs what changed, not the size of the config: the
+config cache parses only edited services, only the services whose config
+changed are read from the kernel again and reconciled (one edited weight: one
+write), and only then is the rest of the view checked for drift, by the
+kernel's per-service fingerprints; services whose fingerprint moved are read
+again and reconciled too.
 """
 
 from __future__ import annotations
@@ -27,14 +34,17 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, Mapping, TextIO
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Mapping, TextIO
 
-from ..kernel import Observed
-from ..model import Config, Health
-from ..plan import ADD, DELETE, SET, Op, Plan
+from ..model import Config, Health, Service
+from ..plan import DELETE, Op, Plan
 from ..state import DEFAULT_HEALTH_FILE, DEFAULT_STATE_FILE, health_key, write_json_atomic
 from .machine import HealthMachine, Transition
 from .probes import Result, Target, run_probe
+from .view import KernelView
+
+if TYPE_CHECKING:
+    from ..compiled import ConfigCache
 
 RETRY_DELAY = 2.0              # seconds before a failed kernel write is tried again
 MAX_INFLIGHT = 4096            # probes (sockets) open at once, bounded again by RLIMIT_NOFILE
@@ -55,10 +65,10 @@ class Check:
     health: Health
 
 
-def checks_of(config: Config) -> dict[str, Check]:
-    """Every real server of every service with a health check (type none: not probed)."""
+def checks_of(services: Iterable[Service]) -> dict[str, Check]:
+    """Every real server of these services that has a health check (type none: not probed)."""
     out: dict[str, Check] = {}
-    for svc in config.services:
+    for svc in services:
         if svc.health.type == "none":
             continue
         for rs in svc.real_servers:
@@ -127,8 +137,9 @@ class HealthDaemon:
         self.config = config
         self.fwmarks: dict[str, int] = dict(fwmarks or {})
         self.checks: dict[str, Check] = {}
-        self.observed: Observed | None = None
+        self.view: KernelView | None = None    # the IPVS table as this daemon knows it
         self.dirty: set[str] = set()           # services whose dests must be re-applied
+        self.why: dict[str, str] = {}          # dirty service -> the reason its ops log ("" config)
         self.health_dirty = True               # the health file must be rewritten
         self.retry_at: float | None = None     # monotonic time of the next retry of a failed write
         self.kernel_writes = 0                 # executor calls that changed something
@@ -136,20 +147,33 @@ class HealthDaemon:
         self.wake: asyncio.Event | None = None
         self.stopping = False
         self.reload_requested = False
+        self.resync_due = False                # after a reload: look for drift (resync)
+        self.config = dataclasses.replace(config, services=())
         self.set_config(config, self.fwmarks)
 
     # -- config --------------------------------------------------------------------------
-    def set_config(self, config: Config, fwmarks: Mapping[str, int]) -> None:
+    def set_config(self, config: Config, fwmarks: Mapping[str, int]) -> set[str]:
         """Take a (new) config: servers that stay keep their health, new ones start per
-        the initial rule, removed ones are forgotten. Every service gets reconciled."""
+        the initial rule, removed ones are forgotten. Returns the names of the services
+        that are new or changed (their fwmark too); those get reconciled."""
+        before = {svc.name: svc for svc in self.config.services}
+        changed = {svc.name for svc in config.services
+                   if (before.get(svc.name) is not svc and before.get(svc.name) != svc)
+                   or self.fwmarks.get(svc.name) != fwmarks.get(svc.name)}
+        gone = before.keys() - {svc.name for svc in config.services}
         self.config = config
         self.fwmarks = dict(fwmarks)
-        self.checks = checks_of(config)
-        for key, check in self.checks.items():
-            self.machine.track(key, check.health.rise, check.health.fall)
-        self.machine.retain(self.checks)
-        self.health_dirty = True
-        self.dirty = {svc.name for svc in config.services}
+        if changed or gone:
+            stale = changed | gone
+            fresh = checks_of(svc for svc in config.services if svc.name in changed)
+            self.checks = {k: c for k, c in self.checks.items() if c.service not in stale}
+            self.checks.update(fresh)
+            for key, check in fresh.items():
+                self.machine.track(key, check.health.rise, check.health.fall)
+            self.machine.retain(self.checks)
+            self.health_dirty = True
+        self.dirty |= changed
+        return changed
 
     def reload(self) -> bool:
         """SIGHUP: read the config (and fwmarks) again through ``loader``, keep health,
@@ -168,43 +192,97 @@ class HealthDaemon:
             self.log("reload_failed", level="error", errors=[str(e)],
                      message="keeping the running config")
             return False
-        self.set_config(config, fwmarks)
+        changed = self.set_config(config, fwmarks)
+        self.why.update(dict.fromkeys(changed, ""))      # their writes are the config's
         try:
-            self.observe()            # a reload is the moment to fix drift: read the kernel
+            self.refresh(changed)     # what the reload acts on, read as the kernel has it now
         except Exception as e:
             self.log("observe_failed", level="error", error=str(e))
-            self.observed = None
-        self.log("reload", services=len(config.services), servers=len(self.checks))
+            self.view = None
+        self.resync_due = True
+        self.log("reload", services=len(config.services), servers=len(self.checks),
+                 changed=len(changed))
         return True
 
     # -- kernel --------------------------------------------------------------------------
     def observe(self) -> None:
         """Read the IPVS table (the only full dump: at start, after errors, on reload)."""
-        self.observed = Observed(ipvs=self.backends.ipvs.observe())
+        self.view = KernelView(self.backends.ipvs.observe())
+
+    def _keys_of(self, names: Iterable[str]) -> dict:
+        """Service key -> name for these services (one that cannot be keyed yet, e.g. a
+        filtered service pask-apply has not given a fwmark, is left out)."""
+        from ..desired import service_key
+
+        wanted = set(names)
+        out = {}
+        for svc in self.config.services:
+            if svc.name in wanted:
+                try:
+                    out[service_key(svc, self.fwmarks)] = svc.name
+                except (KeyError, ValueError):
+                    continue
+        return out
+
+    def refresh(self, names: Iterable[str]) -> None:
+        """Read just these services from the kernel into the view (all: when there is none)."""
+        if self.view is None:
+            self.observe()
+            return
+        keys = self._keys_of(names)
+        if keys:
+            self.view.replace(self.backends.ipvs.observe_services(keys), keys)
+
+    def resync(self) -> set[str]:
+        """Find drift without a full read: the kernel's per-service fingerprints against
+        the view's. Services that differ are read again and marked for a write; returns
+        their names. A kernel that cannot be fingerprinted is read whole."""
+        self.resync_due = False
+        fps = self.backends.ipvs.fingerprint()
+        view = self.view
+        drifted: list[str] = []
+        if fps is None or view is None or view.ipvs.fingerprints is None:
+            self.observe()
+            names = {svc.name for svc in self.config.services}
+        else:
+            stale = {k for k in fps.keys() | view.ipvs.services.keys() if fps.get(k) != view.fingerprint(k)}
+            if not stale:
+                return set()
+            owners = self._keys_of(svc.name for svc in self.config.services)
+            # a service this daemon just wrote has no fingerprint in the view: not drift
+            drifted = sorted(owners[k] for k in stale if k in owners and view.fingerprint(k) is not None)
+            view.replace(self.backends.ipvs.observe_services(stale), stale)
+            names = {owners[k] for k in stale if k in owners}
+            if drifted:
+                self.log("drift", level="warning", services=drifted[:20], count=len(drifted),
+                         message="read again and reconciled")
+        self.dirty |= names
+        self.why.update(dict.fromkeys(drifted, "drift"))
+        return names
 
     def plan_for(self, names: Iterable[str]) -> Plan:
         """Dest ops that bring these services to config + health, from the in-memory view."""
         from ..plan import diff_dests
 
-        if self.observed is None:
+        if self.view is None:
             self.observe()
         wanted = set(names)
         sub = dataclasses.replace(
             self.config, services=tuple(s for s in self.config.services if s.name in wanted))
         desired = self.expand(sub, self.fwmarks, self.machine.up_map())
-        if any(k not in self.observed.ipvs.services for k in desired.owners):
+        if any(not self.view.has(k) for k in desired.owners):
             self.observe()            # pask-apply may have created it since the last read
-        in_kernel = [k for k in desired.owners if k in self.observed.ipvs.services]
+        in_kernel = [k for k in desired.owners if self.view.has(k)]
         for key, name in sorted(desired.owners.items(), key=lambda kv: kv[1]):
-            if key not in self.observed.ipvs.services:
+            if not self.view.has(key):
                 self.log("service_missing", level="warning", service=name, key=str(key),
                          message="not in the kernel: run pask-apply; health changes wait for it")
-        plan = diff_dests(desired, self.observed, in_kernel)
+        plan = diff_dests(desired, self.view.of(in_kernel), in_kernel)
         # A dest the config does not name is pask-apply's business (drift or a drain):
         # only servers of the config are ever deleted here (failed with on_failure: remove).
         named = set(self.expand(sub, self.fwmarks, {}).dests)
-        ops = tuple(op for op in plan.ops
-                    if op.action != DELETE or op.before.key in named)
+        ops = tuple(dataclasses.replace(op, reason=self.why.get(op.service, "health"))
+                    for op in plan.ops if op.action != DELETE or op.before.key in named)
         return Plan(ops)
 
     def apply(self, names: Iterable[str]) -> bool:
@@ -221,7 +299,7 @@ class HealthDaemon:
         for op in plan.ops:
             self.log("kernel", service=op.service, op=_op_text(op), ok=not _failed(op, result))
         if result.ok:
-            self._update_view(plan.ops)
+            self.view.written(plan.ops)
             return True
         for err in result.errors:
             self.log("kernel_error", level="error", error=str(err),
@@ -230,16 +308,8 @@ class HealthDaemon:
             self.observe()
         except Exception as e:
             self.log("observe_failed", level="error", error=str(e))
-            self.observed = None
+            self.view = None
         return False
-
-    def _update_view(self, ops: Iterable[Op]) -> None:
-        dests = self.observed.ipvs.dests
-        for op in ops:
-            if op.action in (ADD, SET):
-                dests[op.after.key] = op.after
-            elif op.action == DELETE:
-                dests.pop(op.before.key, None)
 
     # -- health --------------------------------------------------------------------------
     def record(self, check: Check, result: Result) -> Transition | None:
@@ -278,6 +348,8 @@ class HealthDaemon:
         names, self.dirty = self.dirty, set()
         if self.apply(names):
             self.retry_at = None
+            for name in names:
+                self.why.pop(name, None)
             return True
         self.dirty |= names
         self.retry_at = time.monotonic() + RETRY_DELAY
@@ -335,6 +407,8 @@ class HealthDaemon:
         self.flush()
         last_flush = time.monotonic()
         self.sync_tasks(slots)
+        self.log("ready", services=len(self.config.services), servers=len(self.checks),
+                 message="serving: probes running, SIGHUP reloads")
         try:
             while not self.stopping:
                 timeout = None
@@ -357,6 +431,13 @@ class HealthDaemon:
                     if self.reload():
                         self.sync_tasks(slots)
                 self.flush()
+                if self.resync_due:       # the reload's own changes are written: now drift
+                    try:
+                        self.resync()
+                    except Exception as e:
+                        self.log("observe_failed", level="error", error=str(e))
+                        self.view = None
+                    self.flush()
                 last_flush = time.monotonic()
         finally:
             for _, task in self.tasks.values():
@@ -419,12 +500,17 @@ def load_previous_health(path: str | None, log: EventLog) -> dict[str, dict]:
         return {}
 
 
-def load_inputs(config_path: str, state_file: str) -> tuple[Config, dict[str, int]]:
-    """The config (ConfigError on problems) and the fwmarks pask-apply allocated."""
+def load_inputs(config_path: str, state_file: str,
+                cache: "ConfigCache | None" = None) -> tuple[Config, dict[str, int]]:
+    """The config (ConfigError on problems) and the fwmarks pask-apply allocated.
+
+    With ``cache`` (pask-apply's config cache, only read here, never written), the
+    first load unpickles what pask-apply validated and a reload parses only the
+    services that were edited since the last load."""
     from ..load import load_config
     from ..state import load_state
 
-    config = load_config(config_path)
+    config = cache.load(config_path) if cache is not None else load_config(config_path)
     return config, dict(load_state(state_file).fwmarks)
 
 
@@ -461,10 +547,13 @@ def main(argv: list[str] | None = None, *, backends=None) -> int:
     """The ``pask-healthd`` console script. ``backends``: for tests (default: the kernel)."""
     from ..errors import ConfigError
 
+    from ..compiled import ConfigCache, cache_file_for
+
     args = _parser().parse_args(argv)
     log = EventLog(verbose=args.verbose)
+    cache = ConfigCache(cache_file_for(args.state_file))
     try:
-        config, fwmarks = load_inputs(args.config, args.state_file)
+        config, fwmarks = load_inputs(args.config, args.state_file, cache)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
@@ -486,7 +575,7 @@ def main(argv: list[str] | None = None, *, backends=None) -> int:
                           health_file=args.health_file,
                           previous=load_previous_health(args.health_file, log),
                           log=log, max_inflight=inflight,
-                          loader=lambda: load_inputs(args.config, args.state_file))
+                          loader=lambda: load_inputs(args.config, args.state_file, cache))
     try:
         daemon.observe()
     except Exception as e:
