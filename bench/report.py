@@ -107,6 +107,19 @@ def results_table(d: str) -> str:
                  "exactly 1 kernel write, <= 0.5 x keepalived's reload" +
                  (f" (is {r:.2f} x)" if r is not None else ""),
                  _verdict(None if r is None else (cops == 1 and r <= 0.5))))
+    hd = _get(pask, "healthd_reload")
+    if hd:
+        h_reload = _get(hd, "reload_s") if _get(hd, "ok") else None
+        r = ratio(h_reload, ka_reload)
+        hops = _get(hd, "ops")
+        rows.append(("(3b) the same change made keepalived's way: the file edited, SIGHUP to the "
+                     "running daemon (pask-healthd), until the kernel shows the weight",
+                     (_s(h_reload) if h_reload is not None else "failed") +
+                     (f", {hops} op" + ("" if hops == 1 else "s") if hops is not None else ""),
+                     f"{_s(ka_reload)} (SIGHUP reload)", "-",
+                     "exactly 1 kernel write, <= 0.5 x keepalived's reload" +
+                     (f" (is {r:.2f} x)" if r is not None else ""),
+                     _verdict(None if r is None else (hops == 1 and r <= 0.5))))
     t = {n: (_get(v, "cold", "s") if _get(v, "cold", "ok") else None) for n, v in sizes.items()}
     if t[1024] is None:
         t[1024] = p_cold
@@ -123,6 +136,22 @@ def results_table(d: str) -> str:
             "|---|---|---|---|---|---|\n")
     body = "".join("| " + " | ".join(row) + " |\n" for row in rows)
     return head + body
+
+
+def floor_table(d: str) -> str:
+    """What a fresh process pays before pask's own work, against the cold target's budget."""
+    fl = _load(d, "floor-1024.json")
+    if not fl:
+        return ""
+    ka = _load(d, "keepalived-1024.json")
+    budget = _get(ka, "cold_s") if _get(ka, "cold_ok") else None
+    out = ["| fresh process, 1024 x 32 config (" + f"{fl.get('bytes', 0) / 1e6:.1f} MB)" +
+           " | seconds (best of 2-3, profiling boot) |", "|---|---|"]
+    if budget:
+        out.append(f"| **budget of target (1): 0.5 x keepalived's cold start** | **{budget / 2:.2f}** |")
+    for label, sec in (fl.get("rows") or {}).items():
+        out.append(f"| {label} | {_s(sec)} |")
+    return "\n".join(out)
 
 
 def env_notes(d: str) -> str:
@@ -275,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     notes = env_notes(d)
     if notes:
         print(notes + "\n")
+    fl = floor_table(d)
+    if fl:
+        print("### The floor under the cold apply\n")
+        print(fl + "\n")
     if args.profile:
         st = stages_table(d)
         if st:

@@ -98,7 +98,7 @@ if [ $QUICK = 0 ]; then
     done
 fi
 if [ $PROFILE = 1 ]; then
-    boot profile-stages "$VPY bench/scale.py profile $OUT/scale-1024.yaml --out-dir $OUT --mode stages --changed $OUT/scale-1024.changed.yaml"
+    boot profile-stages "$VPY bench/scale.py profile $OUT/scale-1024.yaml --out-dir $OUT --mode stages --changed $OUT/scale-1024.changed.yaml && $VPY bench/scale.py floor $OUT/scale-1024.yaml --out $OUT/floor-1024.json"
     boot profile-cprofile "$VPY bench/scale.py profile $OUT/scale-1024.yaml --out-dir $OUT --mode cprofile"
 fi
 

@@ -6,6 +6,8 @@
     python bench/scale.py run examples/scale-1024.yaml --meta M.meta.json --changed M.changed.yaml
     # cold apply only (the scaling runs)
     python bench/scale.py run /tmp/scale-4096.yaml --meta M.meta.json --cold-only
+    # what a fresh process pays before pask's own work (interpreter, imports, PyYAML)
+    python bench/scale.py floor examples/scale-1024.yaml --out floor.json
     # where the time goes: per-stage wall times (no profiler overhead), or cProfile
     python bench/scale.py profile examples/scale-1024.yaml --out-dir DIR --mode stages
     python bench/scale.py profile examples/scale-1024.yaml --out-dir DIR --mode cprofile
@@ -471,6 +473,57 @@ def _wrap_when_imported(timer: "StageTimer", mod: str, attr: str, label: str) ->
 _PENDING: dict[str, list[tuple[str, str]]] = {}
 
 
+def cmd_floor(args: argparse.Namespace) -> int:
+    """What any fresh Python process pays for this config before pask's own work: the
+    interpreter, pask's imports, and PyYAML (the project's YAML library) reading the
+    file. The cold apply's target (<= 0.5 x keepalived) is compared with these."""
+    result: dict = {"config": args.config, "env": _env(), "bytes": os.path.getsize(args.config)}
+    py = python()
+
+    def child(code: str) -> float:
+        best = None
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run([py, "-c", code], check=True, cwd=ROOT, env=_child_env())
+            dt = time.perf_counter() - t0
+            best = dt if best is None else min(best, dt)
+        return round(best, 3)
+
+    subprocess.run([py, "-c", "import pask_ipvs.cli, yaml"], cwd=ROOT, env=_child_env())  # warm 9p
+    rows = {"interpreter start (python -c pass)": child("pass"),
+            "interpreter + import pask_ipvs.cli": child("import pask_ipvs.cli")}
+    import gc
+    import yaml
+
+    from pask_ipvs import load, validate
+    with open(args.config, encoding="utf-8") as f:
+        text = f.read()
+
+    def best(fn) -> float:
+        out = None
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            out = dt if out is None else min(out, dt)
+        return round(out, 3)
+
+    gc.disable()
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    rows["PyYAML + libyaml: yaml.compose (nodes only)"] = best(lambda: yaml.compose(text, Loader=loader))
+    rows["PyYAML + libyaml: yaml.load (nodes -> dicts)"] = best(lambda: yaml.load(text, Loader=loader))
+    rows["pask: parse_document (libyaml nodes -> dicts + line map)"] = best(
+        lambda: load.parse_document(args.config, text))
+    data, lines, _ = load.parse_document(args.config, text)
+    rows["pask: validate (schema + semantic checks)"] = best(lambda: validate.validate(data, lines, args.config))
+    rows["pask: build_model"] = best(lambda: load.build_model(data, args.config))
+    as_json = json.dumps(data)
+    rows["json.loads of the same data (no YAML: what parsing could cost)"] = best(lambda: json.loads(as_json))
+    result["rows"] = rows
+    _emit(result, args.out)
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """One fresh boot: per-stage wall times of a cold and a no-op apply (mode stages),
     or cProfile of a cold apply (mode cprofile)."""
@@ -526,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("stages", "cprofile"), default="stages")
     p.add_argument("--changed", help="also profile an apply of this config (one weight changed)")
     p.set_defaults(fn=cmd_profile)
+    f = sub.add_parser("floor", help="what a fresh process pays before pask's own work "
+                       "(interpreter, imports, PyYAML reading the file)")
+    f.add_argument("config")
+    f.add_argument("--out", help="write the JSON result here too")
+    f.set_defaults(fn=cmd_floor)
     s = sub.add_parser("stages", help="(internal) pask-apply in process with stage timers")
     s.add_argument("--out", required=True)
     s.add_argument("--quiet-stdout", action="store_true")

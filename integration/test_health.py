@@ -38,6 +38,11 @@ def health(kind: str = "tcp", **extra) -> dict:
             **extra}
 
 
+def yaml_text(cfg: dict) -> str:
+    import yaml   # from the venv; only needed here
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
 def kernel_weights(vip: str = VIP, port: int = 80, proto: str = "TCP") -> dict[str, int]:
     """{real server ip: weight} of one service, read from the LB namespace's /proc/net/ip_vs."""
     want = f"{proto} {socket.inet_aton(vip).hex().upper()}:{port:04X}"
@@ -59,6 +64,7 @@ class Healthd:
 
     def __init__(self, lab: Lab, config_path: Path):
         self.lab = lab
+        self.config_path = config_path
         self.log = lab.dir / "healthd.log"
         argv = ["ip", "netns", "exec", LB, sys.executable, "-m", "pask_ipvs.health.daemon",
                 "--state-file", str(lab.state_file), "--health-file", str(lab.health_file),
@@ -223,3 +229,30 @@ def test_http_check_with_remove_and_a_dead_udp_server(lb, healthd):
     timed_wait(lambda: kernel_weights(port=53, proto="UDP")[rs1] == 0, DOWN_DEADLINE,
                "the dead UDP server to reach weight 0")
     assert {udp_ask(CLIENT, VIP, 53)[0] for _ in range(6)} <= {"rs2", "rs3"}
+
+
+def test_sighup_applies_an_edited_weight_then_repairs_drift_elsewhere(lb, healthd):
+    """keepalived's way of changing one server: edit the file, SIGHUP the daemon. The
+    edited service is written at once (real traffic follows it); drift in another
+    service, made by hand, is found after that by the kernel's fingerprints and repaired."""
+    rs1, rs2 = SERVERS["rs1"], SERVERS["rs2"]
+    cfg = config(service(health=health()),
+                 service("dns", port=53, protocol="udp", server_port=UDP_PORT,
+                         health=health("udp", payload="who\n", expect="^rs[0-9] ")))
+    d = healthd(cfg)
+    assert kernel_weights() == {ip: 1 for ip in SERVERS.values()}
+    lb.ipvsadm("-e", "-u", f"{VIP}:53", "-r", f"{rs1}:{UDP_PORT}", "-m", "-w", "9")   # by hand
+    cfg["services"][0]["real_servers"][1]["weight"] = 0                              # rs2: drain
+    d.config_path.write_text(yaml_text(cfg))
+    os.kill(d.proc.pid, signal.SIGHUP)
+    wait_for(lambda: kernel_weights()[rs2] == 0, what="rs2 at weight 0 after SIGHUP")
+    assert "rs2" not in {who(CLIENT, VIP, 80)[0] for _ in range(6)}
+    wait_for(lambda: kernel_weights(port=53, proto="UDP")[rs1] == 1, what="the drift repaired")
+    [reload] = d.events("reload")
+    assert reload["changed"] == 1
+    [drift] = d.events("drift")
+    assert drift["services"] == ["dns"]
+    ops = [e["op"] for e in d.events("kernel")]
+    assert ops == [f"~ dest web {VIP}:80/tcp -> {rs2}:{HTTP_PORT} weight 1 -> 0",
+                   f"~ dest dns {VIP}:53/udp -> {rs1}:{UDP_PORT} weight 9 -> 1  (drift)"], ops
+    assert kernel_weights() == {rs1: 1, rs2: 0, SERVERS["rs3"]: 1}
