@@ -407,6 +407,21 @@ def test_a_reload_forgets_removed_services_and_keeps_unchanged_checks():
     assert set(d.machine.servers) == set(d.checks)
 
 
+def test_a_reload_rewrites_the_health_file_only_when_servers_come_or_go(tmp_path):
+    hf = tmp_path / "health.json"
+    first = make_config(web(A, B), web(A, B, name="api", vip="10.99.100.2"))
+    heavier = make_config(web(rs("10.99.2.11", 8080, weight=9), B), web(A, B, name="api", vip="10.99.100.2"))
+    more = make_config(web(rs("10.99.2.11", 8080, weight=9), B, SORRY), web(A, B, name="api", vip="10.99.100.2"))
+    configs = iter([heavier, more])
+    d, b = build(first, health_file=str(hf), loader=lambda: (next(configs), {}))
+    d.flush()
+    assert not d.health_dirty
+    assert d.reload() and not d.health_dirty            # a weight: the same servers
+    assert d.reload() and d.health_dirty                # a server more
+    d.flush()
+    assert "web/10.99.2.99:8080" in json.loads(hf.read_text())["servers"]
+
+
 def test_a_reload_that_changes_a_fwmark_reconciles_that_service():
     config = three()
     d, b = settled(config, loader=lambda: (config, {"dns": 7}))

@@ -150,6 +150,7 @@ class HealthDaemon:
         self.resync_due = False                # after a reload: look for drift (resync)
         self.config = dataclasses.replace(config, services=())
         self.set_config(config, self.fwmarks)
+        self.machine.retain(self.checks)       # servers of the old health file not in the config
 
     # -- config --------------------------------------------------------------------------
     def set_config(self, config: Config, fwmarks: Mapping[str, int]) -> set[str]:
@@ -166,12 +167,15 @@ class HealthDaemon:
         if changed or gone:
             stale = changed | gone
             fresh = checks_of(svc for svc in config.services if svc.name in changed)
+            dropped = {k for k, c in self.checks.items() if c.service in stale}
             self.checks = {k: c for k, c in self.checks.items() if c.service not in stale}
             self.checks.update(fresh)
             for key, check in fresh.items():
                 self.machine.track(key, check.health.rise, check.health.fall)
-            self.machine.retain(self.checks)
-            self.health_dirty = True
+            if dropped - fresh.keys():
+                self.machine.retain(self.checks)
+            if dropped != fresh.keys():
+                self.health_dirty = True        # servers came or went: the file lists them
         self.dirty |= changed
         return changed
 
