@@ -87,7 +87,8 @@ boot() {   # boot NAME 'command run in the VM, from the repo root'
 VPY=$PY   # the VM sees this machine's filesystem: the same interpreter, by full path
 M=$OUT/scale-1024
 boot pask-1024 "$VPY bench/scale.py run $M.yaml --meta $M.meta.json --changed $M.changed.yaml --save-state $OUT/state-1024 --out $OUT/pask-1024.json"
-boot keepalived-1024 "$VPY bench/peers.py keepalived --dir $OUT --name scale-1024 --out $OUT/keepalived-1024.json"
+# keepalived, then (its table left in place: it is killed, not stopped) pask's no-op in the same boot
+boot keepalived-1024 "$VPY bench/peers.py keepalived --dir $OUT --name scale-1024 --out $OUT/keepalived-1024.json && $VPY bench/scale.py noop $M.changed.yaml --out $OUT/pask-noop-after-keepalived.json"
 boot restore-1024 "$VPY bench/peers.py restore --dir $OUT --name scale-1024 --out $OUT/restore-1024.json"
 if [ $QUICK = 0 ]; then
     # a reboot: empty kernel, pask's state file and config cache kept from the run above
