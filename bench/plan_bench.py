@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
     paths = argv or ["examples/scale-1024.yaml"]
     for path in paths:
         print(f"\n{path}")
-        print(f"| stage | CPU s |\n|---|---|")
+        print("| stage | CPU s |\n|---|---|")
         for name, t in bench(path):
             print(f"| {name} | {t:.3f} |")
     return 0

@@ -154,6 +154,11 @@ class ConfigCache:
             return None
         return entry
 
+    def _read_current(self, code: bytes) -> dict | None:
+        """The file cache, if it was written by this very code."""
+        old = self._read()
+        return old if old is not None and old.get("code") == code else None
+
     def load(self, path: str, text: str | None = None) -> Config:
         from .load import load_config
 
@@ -165,19 +170,18 @@ class ConfigCache:
                 and self._live_file[1].source == path:
             self.how = "cached"
             return self._live_file[1]
-        split = split_services(text)
-        digests = None if split is None else [_digest(item) for item in split[1]]
         live = self._live
-        old = None
-        if digests is None or any(d not in live for d in digests):
-            old = self._read()
-            if old is not None and old.get("code") != code:
-                old = None
+        # A fresh process reads the file cache first: the same file needs no split.
+        old = self._read_current(code) if not live else None
         if old is not None and old.get("file") == file_digest:
             config = _from_entry(old, path)
             if config is not None:
                 self.how = "cached"
                 return self._keep(file_digest, config, old.get("order"))
+        split = split_services(text)
+        digests = None if split is None else [_digest(item) for item in split[1]]
+        if old is None and live and (digests is None or any(d not in live for d in digests)):
+            old = self._read_current(code)       # a daemon: the file cache for what it lacks
         if split is None:
             self.how = "full"
             config = load_config(path, text)

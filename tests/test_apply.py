@@ -11,7 +11,6 @@ from builders import config, exclude, include, many, rs, svc
 from pask_ipvs.apply import (
     execute, observe, observe_after, preflight, reconcile as run_reconcile, touched_services, verify,
 )
-from pask_ipvs.backend.base import BackendError
 from pask_ipvs.backend.fake import fake_backends, kernel_writes
 from pask_ipvs.desired import expand
 from pask_ipvs.kernel import DestKey, IpvsDest, IpvsService, ServiceKey

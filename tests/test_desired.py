@@ -2,7 +2,7 @@
 
 import pytest
 
-from builders import config, exclude, include, rs, svc
+from builders import config, include, rs, svc
 from pask_ipvs.desired import effective_weights, expand
 from pask_ipvs.kernel import FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestKey, ServiceKey, VipAddress
 from pask_ipvs.state import health_key

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from pask_ipvs import status
 from pask_ipvs.backend.fake_ipvs import FakeIpvs
-from pask_ipvs.kernel import DestKey, IpvsDest, IpvsService, ServiceKey, Stats
+from pask_ipvs.kernel import DestKey, IpvsDest, IpvsService, ServiceKey
 from pask_ipvs.plan import Op
 from pask_ipvs.state import PaskState, health_key, save_state, write_json_atomic
 

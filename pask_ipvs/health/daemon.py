@@ -6,7 +6,7 @@ transition the daemon writes the health file first (so a pask-apply run at
 that moment already agrees), then expands the desired state of that service
 only and applies its destination ops through the same executor as
 pask-apply: one kernel write per transition, against an in-memory view of
-IPVS read once at start (and again after an error or a reload).
+IPVS read whole at start and after an error, service by service otherwise.
 
 The daemon changes destinations only, never services: creating services is
 pask-apply's job. It never deletes a destination the config does not name
@@ -210,7 +210,8 @@ class HealthDaemon:
 
     # -- kernel --------------------------------------------------------------------------
     def observe(self) -> None:
-        """Read the IPVS table (the only full dump: at start, after errors, on reload)."""
+        """Read the whole IPVS table (at start, after an error, or when a reload's
+        resync cannot fingerprint the kernel)."""
         self.view = KernelView(self.backends.ipvs.observe())
 
     def _keys_of(self, names: Iterable[str]) -> dict:
