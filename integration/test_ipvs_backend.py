@@ -26,7 +26,7 @@ from pask_ipvs.backend import ipvs as ipvs_mod
 from pask_ipvs.backend.fake_ipvs import LINUX_6_1_SCHEDULERS, FakeIpvs, kernel_conflicts
 from pask_ipvs.backend.ipvs import IpvsNetlink
 from pask_ipvs.kernel import DestStats, IpvsDest, IpvsObserved, IpvsService, ServiceKey
-from pask_ipvs.plan import Op
+from builders import op_add as add, op_delete as delete, op_set as setop
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,21 +64,6 @@ def ipvs(netns):
     backend = IpvsNetlink()
     yield backend
     backend.close()
-
-
-def add(value) -> Op:
-    kind = "service" if isinstance(value, IpvsService) else "dest"
-    return Op("add", kind, str(value.key), None, value)
-
-
-def setop(before, after) -> Op:
-    kind = "service" if isinstance(after, IpvsService) else "dest"
-    return Op("set", kind, str(after.key), before, after)
-
-
-def delete(value) -> Op:
-    kind = "service" if isinstance(value, IpvsService) else "dest"
-    return Op("delete", kind, str(value.key), value, None)
 
 
 def ipvsadm(*args: str) -> str:

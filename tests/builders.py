@@ -46,3 +46,25 @@ def many(n: int, m: int) -> Config:
                    for j in range(m)]
         services.append(svc(f"s{i}", vip, 80, servers=servers))
     return config(*services)
+
+
+# -- IPVS ops as the planner makes them (kind and key from the object) -----------------------
+
+def _ipvs_kind(value) -> str:
+    from pask_ipvs.kernel import IpvsService
+    return "service" if isinstance(value, IpvsService) else "dest"
+
+
+def op_add(value):
+    from pask_ipvs.plan import Op
+    return Op("add", _ipvs_kind(value), str(value.key), None, value)
+
+
+def op_set(before, after):
+    from pask_ipvs.plan import Op
+    return Op("set", _ipvs_kind(after), str(after.key), before, after)
+
+
+def op_delete(value):
+    from pask_ipvs.plan import Op
+    return Op("delete", _ipvs_kind(value), str(value.key), value, None)

@@ -13,7 +13,7 @@ from pask_ipvs.backend.fake_ipvs import (
     LINUX_6_1_SCHEDULERS, FakeIpvs, kernel_conflicts,
 )
 from pask_ipvs.kernel import DestKey, DestStats, IpvsDest, IpvsService, ServiceKey, Stats
-from pask_ipvs.plan import Op
+from builders import op_add as add, op_delete as delete, op_set as setop
 
 VIP = ServiceKey.virtual("tcp", "10.99.0.1", 80)
 SVC = IpvsService(VIP, "rr")
@@ -36,21 +36,6 @@ MEASURED_ON_6_1 = {
     "ipv6 netmask 129": errno.EINVAL,
     "ipv6 dest in ipv4 service, not tunnelled": errno.EINVAL,
 }
-
-
-def add(value) -> Op:
-    kind = "service" if isinstance(value, IpvsService) else "dest"
-    return Op("add", kind, str(value.key), None, value)
-
-
-def delete(value) -> Op:
-    kind = "service" if isinstance(value, IpvsService) else "dest"
-    return Op("delete", kind, str(value.key), value, None)
-
-
-def setop(before, after) -> Op:
-    kind = "service" if isinstance(after, IpvsService) else "dest"
-    return Op("set", kind, str(after.key), before, after)
 
 
 @pytest.fixture
