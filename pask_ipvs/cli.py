@@ -133,15 +133,14 @@ def run_apply(args: argparse.Namespace) -> int:
                 return config_problems(e)
             if args.verbose:
                 out.progress(f"config: {cache.how}")
-            outcome_or_code = _plan_and_apply(args, out, report, dry_run, finish, fail, config, state,
-                                              health_raw, backends)
-            if isinstance(outcome_or_code, int):
-                return outcome_or_code
-            outcome, desired = outcome_or_code
+            outcome, desired = _plan_and_apply(args, out, report, dry_run, finish, fail, config,
+                                               state, health_raw, backends)
             _record_fingerprint(outcome, desired, code, text, health_raw)
             save_state(args.state_file, outcome.state)
             if not cache.save() and args.verbose:
                 out.progress(f"could not write the config cache {cache.cache_file} (not needed)")
+    except _Ended as e:
+        return e.code
     except BlockingIOError:
         return fail([f"{args.state_file}: another pask-apply is running (lock held)"])
     except BackendError as e:
@@ -174,9 +173,17 @@ def run_apply(args: argparse.Namespace) -> int:
     return finish(EXIT_CHANGES if args.detailed_exitcode and plan.changed else EXIT_OK)
 
 
+class _Ended(Exception):
+    """The run ended before reconcile (an error reported, or a dry run printed): its exit code."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
 def _plan_and_apply(args, out, report, dry_run, finish, fail, config, state, health_raw, backends):
     """expand -> observe -> preflight -> diff -> (dry run: stop) -> reconcile.
-    Returns (outcome, desired), or an exit code when the run ends here."""
+    Returns (outcome, desired); raises _Ended with the exit code when the run ends earlier."""
     from .apply import observe, preflight, reconcile
     from .backend.base import BackendError
     from .desired import expand
@@ -193,10 +200,10 @@ def _plan_and_apply(args, out, report, dry_run, finish, fail, config, state, hea
     try:
         observed = observe(desired, backends, stats=config.drain_timeout > 0)
     except BackendError as e:
-        return fail([f"cannot read the kernel's state: {e}{_hint(e)}"])
+        raise _Ended(fail([f"cannot read the kernel's state: {e}{_hint(e)}"])) from None
     problems = preflight(desired, backends)
     if problems:
-        return fail([f"{args.config}: {p}" for p in problems] + ["nothing was changed"])
+        raise _Ended(fail([f"{args.config}: {p}" for p in problems] + ["nothing was changed"]))
     plan = diff(desired, observed, state, now=time.time(), drain_timeout=config.drain_timeout)
     text = plan_text(plan, limit=None if (args.verbose or dry_run or args.diff) else 50)
     report.update(changed=plan.changed, counts=plan.counts())
@@ -205,7 +212,7 @@ def _plan_and_apply(args, out, report, dry_run, finish, fail, config, state, hea
     if dry_run or args.diff or args.verbose or not plan.changed:
         out.info(text.rstrip("\n"))
     if dry_run:
-        return finish(EXIT_CHANGES if args.detailed_exitcode and plan.changed else EXIT_OK)
+        raise _Ended(finish(EXIT_CHANGES if args.detailed_exitcode and plan.changed else EXIT_OK))
     outcome = reconcile(desired, observed, state, fwmarks, backends, plan=plan,
                         drain_timeout=config.drain_timeout,
                         progress=None if args.quiet else out.progress)

@@ -401,7 +401,10 @@ def test_a_reload_forgets_removed_services_and_keeps_unchanged_checks():
     second = make_config(web(A, B))
     d, b = build(first, loader=lambda: (second, {}))
     kept = d.checks["web/10.99.2.11:8080"]
+    d.flush()
+    d.dirty.add("api")                    # a write of the removed service still pending
     assert d.reload()
+    assert "api" not in d.dirty
     assert d.checks["web/10.99.2.11:8080"] is kept
     assert set(d.checks) == {"web/10.99.2.11:8080", "web/10.99.2.12:8080"}
     assert set(d.machine.servers) == set(d.checks)

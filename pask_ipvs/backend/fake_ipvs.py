@@ -131,9 +131,8 @@ class FakeIpvs:
         return {key: self._fingerprint(key) for key in self.services}
 
     def _fingerprint(self, key: ServiceKey) -> bytes:
-        return wire.service_fingerprint(self.services[key], [
-            repr((d.addr, d.port, d.fwd, d.weight, d.u_threshold, d.l_threshold)).encode()
-            for d in self.dests[key].values()])
+        return wire.service_fingerprint(self.services[key], [   # every field but the service
+            repr(tuple(d)[1:]).encode() for d in self.dests[key].values()])
 
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
         errors = []

@@ -176,7 +176,9 @@ class HealthDaemon:
                 self.machine.retain(self.checks)
             if dropped != fresh.keys():
                 self.health_dirty = True        # servers came or went: the file lists them
-        self.dirty |= changed
+        self.dirty = (self.dirty - gone) | changed
+        for name in gone:
+            self.why.pop(name, None)
         return changed
 
     def reload(self) -> bool:
