@@ -9,14 +9,11 @@ false): the VM has no network and no systemd.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+from ansible_play import PlayResult, run_playbook
 from lab import CLIENT, CLIENT_IP, LB, ROOT, SERVERS, VIP, Lab, ipvs_snapshot, service, who
 
 ANSIBLE = ROOT / "ansible"
@@ -38,42 +35,25 @@ def bin_dir(tmp: Path) -> Path:
     return out
 
 
-def playbook(lab: Lab, tmp: Path, services: list[dict], *flags: str) -> tuple[int, dict, str]:
-    """ansible-playbook converge.yml in the LB namespace; (rc, json callback result, stderr)."""
-    exe = shutil.which("ansible-playbook")
-    assert exe, "ansible-playbook not found: apt-get install ansible-core (tools/setup.sh installs it)"
-    var_file = tmp / "vars.json"
-    var_file.write_text(json.dumps({
+def playbook(lab: Lab, tmp: Path, services: list[dict], *flags: str) -> PlayResult:
+    """ansible-playbook converge.yml in the LB namespace, its results read through ansible-runner."""
+    work = tmp / f"run{len(list(tmp.glob('run*')))}"
+    return run_playbook(CONVERGE, work, *flags, prefix=("ip", "netns", "exec", LB),
+                        extravars={
         "pask_install": False, "pask_healthd_enabled": False, "pask_bin_dir": str(bin_dir(tmp)),
         # beside the state file: one directory for the role to create (each module costs ~15 s in TCG)
         "pask_config_file": str(lab.dir / "ansible-config.yaml"),
         "pask_state_file": str(lab.state_file), "pask_health_file": str(lab.health_file),
         "pask_vip_interface": "pask0", "pask_services": services,
         "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-    }))
-    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"), "ANSIBLE_STDOUT_CALLBACK": "json",
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_PIPELINING": "1",
-           "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"), "ANSIBLE_DEPRECATION_WARNINGS": "0"}
-    cp = subprocess.run(["ip", "netns", "exec", LB, exe, "-i", "localhost,", str(CONVERGE),
-                         "-e", f"@{var_file}", *flags],
-                        capture_output=True, text=True, env=env, timeout=900, cwd=tmp)
-    start = cp.stdout.find("{")
-    assert start >= 0, f"no JSON from ansible-playbook (rc {cp.returncode}):\n{cp.stdout}\n{cp.stderr}"
-    return cp.returncode, json.loads(cp.stdout[start:]), cp.stderr
-
-
-def task(result: dict, name: str) -> dict:
-    found = [t["hosts"]["localhost"] for play in result["plays"] for t in play["tasks"]
-             if t["task"]["name"].split(" : ", 1)[-1] == name and "localhost" in t["hosts"]]
-    assert found, f"task {name!r} did not run"
-    return found[-1]
+    })
 
 
 def test_role_converges_then_is_idempotent_and_check_mode_changes_nothing(lb: Lab, tmp_path: Path):
     web = service("web", servers=("rs1", "rs2"))
-    rc, result, err = playbook(lb, tmp_path, [web])
-    assert rc == 0, json.dumps(result, indent=1) + err
-    applied = task(result, "Apply the config to the kernel")
+    p = playbook(lb, tmp_path, [web])
+    assert p.rc == 0, p.dump()
+    applied = p.task("Apply the config to the kernel")
     assert applied["changed"] is True and applied["verified"] is True, applied
     assert "+ service" in applied["plan_text"]
 
@@ -86,16 +66,16 @@ def test_role_converges_then_is_idempotent_and_check_mode_changes_nothing(lb: La
 
     kernel = ipvs_snapshot()
     config = (lb.dir / "ansible-config.yaml").read_text()
-    rc, result, err = playbook(lb, tmp_path, [web])
-    assert rc == 0, json.dumps(result, indent=1) + err
-    assert result["stats"]["localhost"]["changed"] == 0, json.dumps(result, indent=1)
-    assert task(result, "Apply the config to the kernel")["rc"] == 0
+    p = playbook(lb, tmp_path, [web])
+    assert p.rc == 0, p.dump()
+    assert p.changed() == 0, p.dump()
+    assert p.task("Apply the config to the kernel")["rc"] == 0
     assert ipvs_snapshot() == kernel
 
     more = service("web", servers=("rs1", "rs2", "rs3"))
-    rc, result, err = playbook(lb, tmp_path, [more], "--check", "--diff")
-    assert rc == 0, json.dumps(result, indent=1) + err
-    planned = task(result, "Apply the config to the kernel")
+    p = playbook(lb, tmp_path, [more], "--check", "--diff")
+    assert p.rc == 0, p.dump()
+    planned = p.task("Apply the config to the kernel")
     assert planned["changed"] is True and planned["dry_run"] is True, planned
     diff = planned["diff"]
     prepared = (diff[0] if isinstance(diff, list) else diff)["prepared"]

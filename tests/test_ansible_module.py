@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import yaml
+from ansible_play import PlayResult, run_playbook
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE = ROOT / "ansible"
@@ -211,13 +210,6 @@ def test_documentation_matches_the_argument_spec(mod):
 
 # -- the role, run by ansible-playbook against the stubs ----------------------------------
 
-def _ansible_playbook() -> str:
-    exe = shutil.which("ansible-playbook")
-    if exe is None:
-        pytest.fail("ansible-playbook not found: apt-get install ansible-core (tools/setup.sh installs it)")
-    return exe
-
-
 class Stubbed:
     """A bin directory of stubs, the files the role writes, and ansible-playbook runs."""
 
@@ -243,6 +235,7 @@ class Stubbed:
             "pask_health_file": str(tmp / "lib" / "health.json"),
             "ansible_python_interpreter": "{{ ansible_playbook_python }}",
         }
+        self.runs = 0
 
     def calls(self) -> list[list[str]]:
         log = self.bin / "calls.log"
@@ -253,31 +246,10 @@ class Stubbed:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def playbook(self, playbook: str | Path, *flags: str, inventory: str = "localhost,",
-                 **extra_vars) -> tuple[int, dict]:
-        var_file = self.tmp / "vars.json"
-        var_file.write_text(json.dumps({**self.vars, **extra_vars}))
-        env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"),
-               "ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_NOCOLOR": "1",
-               "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_LOCAL_TEMP": str(self.tmp / "ansible-tmp"),
-               "ANSIBLE_HOST_KEY_CHECKING": "0", "ANSIBLE_DEPRECATION_WARNINGS": "0"}
-        cp = subprocess.run([_ansible_playbook(), "-i", inventory, str(playbook), "-e", f"@{var_file}",
-                             *flags], capture_output=True, text=True, env=env, timeout=300, cwd=self.tmp)
-        start = cp.stdout.find("{")
-        assert start >= 0, f"no JSON from ansible-playbook (rc {cp.returncode}):\n{cp.stdout}\n{cp.stderr}"
-        return cp.returncode, json.loads(cp.stdout[start:])
-
-
-def task(result: dict, name: str, host: str = "localhost") -> dict:
-    """The result of the (last) task called ``name`` on ``host``."""
-    found = [t["hosts"][host] for play in result["plays"] for t in play["tasks"]
-             if t["task"]["name"].split(" : ", 1)[-1] == name and host in t["hosts"]]
-    assert found, f"no task {name!r} ran on {host}: " + ", ".join(
-        t["task"]["name"] for play in result["plays"] for t in play["tasks"])
-    return found[-1]
-
-
-def changed_count(result: dict, host: str = "localhost") -> int:
-    return result["stats"][host]["changed"]
+                 **extra_vars) -> PlayResult:
+        self.runs += 1
+        return run_playbook(playbook, self.tmp / f"run{self.runs}", *flags, inventory=inventory,
+                            extravars={**self.vars, **extra_vars})
 
 
 WEB = {"name": "web", "vip": "10.99.100.1", "port": 80, "protocol": "tcp", "scheduler": "rr",
@@ -299,12 +271,12 @@ def test_role_converges_is_idempotent_plans_in_check_mode_and_rejects_a_bad_conf
     (One test, because every step needs the state the previous one left, and
     each ansible-playbook run costs seconds.)
     """
-    rc, result = stubbed.playbook(CONVERGE, pask_services=[WEB], pask_drain_timeout=30)
-    assert rc == 0, json.dumps(result, indent=1)
-    applied = task(result, "Apply the config to the kernel")
+    p = stubbed.playbook(CONVERGE, pask_services=[WEB], pask_drain_timeout=30)
+    assert p.rc == 0, p.dump()
+    applied = p.task("Apply the config to the kernel")
     assert applied["changed"] is True and applied["rc"] == 2
     assert applied["plan_text"] == "+ service web\nPlan: 1 to add, 0 to change, 0 to delete.\n"
-    assert task(result, "Write the pask config")["changed"] is True
+    assert p.task("Write the pask config")["changed"] is True
     written = yaml.safe_load(stubbed.config.read_text())
     assert written == {"version": 1, "vip_interface": "pask0", "drain_timeout": 30, "services": [WEB]}
     assert stubbed.kernel() == {"web": WEB}
@@ -314,16 +286,16 @@ def test_role_converges_is_idempotent_plans_in_check_mode_and_rejects_a_bad_conf
                      "--health-file", stubbed.vars["pask_health_file"], str(stubbed.config)]
 
     # the same variables again: nothing changes
-    rc, result = stubbed.playbook(CONVERGE, pask_services=[WEB], pask_drain_timeout=30)
-    assert rc == 0 and changed_count(result) == 0, json.dumps(result, indent=1)
-    assert task(result, "Apply the config to the kernel")["rc"] == 0
+    p = stubbed.playbook(CONVERGE, pask_services=[WEB], pask_drain_timeout=30)
+    assert p.rc == 0 and p.changed() == 0, p.dump()
+    assert p.task("Apply the config to the kernel")["rc"] == 0
 
     # check mode with a new service: the plan of the candidate config, as a diff; nothing written
     config_before, kernel_before = stubbed.config.read_text(), stubbed.kernel()
-    rc, result = stubbed.playbook(CONVERGE, "--check", "--diff", pask_services=[WEB, API],
+    p = stubbed.playbook(CONVERGE, "--check", "--diff", pask_services=[WEB, API],
                                   pask_drain_timeout=30)
-    assert rc == 0, json.dumps(result, indent=1)
-    planned = task(result, "Apply the config to the kernel")
+    assert p.rc == 0, p.dump()
+    planned = p.task("Apply the config to the kernel")
     assert planned["changed"] is True
     diff = planned["diff"]
     assert (diff[0] if isinstance(diff, list) else diff)["prepared"] == (
@@ -336,9 +308,9 @@ def test_role_converges_is_idempotent_plans_in_check_mode_and_rejects_a_bad_conf
     # a config pask rejects: the template's `pask validate` fails; file and kernel untouched
     calls = len(stubbed.calls())
     bad = {**WEB, "real_servers": [{"address": "10.99.2.11", "weight": -1}]}
-    rc, result = stubbed.playbook(CONVERGE, pask_services=[bad])
-    assert rc != 0
-    failed = task(result, "Write the pask config")
+    p = stubbed.playbook(CONVERGE, pask_services=[bad])
+    assert p.rc != 0
+    failed = p.task("Write the pask config")
     assert failed.get("failed") is True
     assert "$.services[0].real_servers[0].weight" in failed["msg"] + failed.get("stderr", "")
     assert stubbed.config.read_text() == config_before and stubbed.kernel() == kernel_before
@@ -347,9 +319,9 @@ def test_role_converges_is_idempotent_plans_in_check_mode_and_rejects_a_bad_conf
 
 def test_a_pask_apply_error_fails_the_task_with_its_messages(stubbed):
     refused = {**WEB, "name": "refuse-me"}
-    rc, result = stubbed.playbook(CONVERGE, pask_services=[refused])
-    assert rc != 0
-    failed = task(result, "Apply the config to the kernel")
+    p = stubbed.playbook(CONVERGE, pask_services=[refused])
+    assert p.rc != 0
+    failed = p.task("Apply the config to the kernel")
     assert failed["failed"] is True
     assert failed["msg"].startswith("pask-apply failed: apply failed: add service refuse-me")
     assert failed["errors"][-1].endswith("nothing was changed")
@@ -357,44 +329,44 @@ def test_a_pask_apply_error_fails_the_task_with_its_messages(stubbed):
 
 def test_realserver_tasks_run_pask_realserver_with_detailed_exit_codes(stubbed):
     vips = ["10.99.100.1", "10.99.100.2"]
-    rc, result = stubbed.playbook(REALSERVER, pask_realserver_vips=vips, pask_realserver_mode="l3-dsr")
-    assert rc == 0, json.dumps(result, indent=1)
-    ran = task(result, "Prepare this host as a DSR real server")
+    p = stubbed.playbook(REALSERVER, pask_realserver_vips=vips, pask_realserver_mode="l3-dsr")
+    assert p.rc == 0, p.dump()
+    ran = p.task("Prepare this host as a DSR real server")
     assert ran["changed"] is True and ran["rc"] == 2
     assert ran["cmd"] == [str(stubbed.bin / "pask"), "realserver", "up", "--mode", "l3-dsr",
                           "--detailed-exitcode", "--vip", vips[0], "--vip", vips[1]]
 
-    rc, result = stubbed.playbook(REALSERVER, pask_realserver_vips=vips, pask_realserver_mode="l3-dsr")
-    assert rc == 0 and changed_count(result) == 0
+    p = stubbed.playbook(REALSERVER, pask_realserver_vips=vips, pask_realserver_mode="l3-dsr")
+    assert p.rc == 0 and p.changed() == 0
 
-    rc, result = stubbed.playbook(REALSERVER, "--check", pask_realserver_vips=vips + ["10.99.100.3"],
+    p = stubbed.playbook(REALSERVER, "--check", pask_realserver_vips=vips + ["10.99.100.3"],
                                   pask_realserver_mode="l3-dsr")
-    ran = task(result, "Prepare this host as a DSR real server")
-    assert rc == 0 and ran["changed"] is True and ran["cmd"][-1] == "--dry-run"
+    ran = p.task("Prepare this host as a DSR real server")
+    assert p.rc == 0 and ran["changed"] is True and ran["cmd"][-1] == "--dry-run"
     assert "+ address 10.99.100.3/32 dev tunl0" in ran["stdout"]
     assert json.loads((stubbed.bin / "realserver.json").read_text()) == vips
 
-    rc, result = stubbed.playbook(REALSERVER, pask_realserver_vips=vips[:1], pask_realserver_state="absent")
-    ran = task(result, "Prepare this host as a DSR real server")
-    assert rc == 0 and ran["changed"] is True and ran["cmd"][2] == "down"
+    p = stubbed.playbook(REALSERVER, pask_realserver_vips=vips[:1], pask_realserver_state="absent")
+    ran = p.task("Prepare this host as a DSR real server")
+    assert p.rc == 0 and ran["changed"] is True and ran["cmd"][2] == "down"
 
 
 def test_realserver_tasks_need_a_vip(stubbed):
-    rc, result = stubbed.playbook(REALSERVER)
-    assert rc != 0
-    assert "pask_realserver_vips must list at least one VIP" in task(result, "Check the real-server variables")["msg"]
+    p = stubbed.playbook(REALSERVER)
+    assert p.rc != 0
+    assert "pask_realserver_vips must list at least one VIP" in p.task("Check the real-server variables")["msg"]
 
 
 def test_the_example_site_playbook_plans_in_check_mode(stubbed):
     """The README's example: its inventory's services pass `pask validate` and get planned."""
-    rc, result = stubbed.playbook(ANSIBLE / "playbooks" / "site.yml", "--check", "--diff",
+    p = stubbed.playbook(ANSIBLE / "playbooks" / "site.yml", "--check", "--diff",
                                   inventory=str(ANSIBLE / "inventory" / "example.yml"),
                                   ansible_connection="local", ansible_become=False,
                                   pask_healthd_enabled=True)
-    assert rc == 0, json.dumps(result, indent=1)
-    planned = task(result, "Apply the config to the kernel", host="lb1.example.net")
+    assert p.rc == 0, p.dump()
+    planned = p.task("Apply the config to the kernel", host="lb1.example.net")
     assert planned["changed"] is True and "+ service web" in planned["plan_text"]
-    unit = task(result, "Install the pask-healthd systemd unit", host="lb1.example.net")
+    unit = p.task("Install the pask-healthd systemd unit", host="lb1.example.net")
     assert unit["changed"] is True
     text = unit["diff"][0]["after"] if isinstance(unit["diff"], list) else unit["diff"]["after"]
     cfg, state = stubbed.vars["pask_config_file"], stubbed.vars["pask_state_file"]
@@ -403,5 +375,5 @@ def test_the_example_site_playbook_plans_in_check_mode(stubbed):
     assert "ExecReload=/bin/kill -HUP $MAINPID" in text
     assert not Path("/etc/systemd/system/pask-healthd.service").exists()
     for rs in ("web1.example.net", "web2.example.net"):
-        ran = task(result, "Prepare this host as a DSR real server", host=rs)
+        ran = p.task("Prepare this host as a DSR real server", host=rs)
         assert ran["cmd"][-3:] == ["--vip", "10.99.100.1", "--dry-run"]

@@ -5,7 +5,7 @@
 #   1. Debian packages: QEMU + Debian's kernel (the test VM, since most CI
 #      kernels lack IPVS), the kernel tools pask drives, and Python's venv.
 #   2. A virtualenv at .venv in the repo with pask-ipvs installed editable (a plain .pth path), plus
-#      its test extras.  The test VM sees this machine's filesystem, so the same
+#      its test extras (pytest, hypothesis, ansible-core, ansible-runner, ansible-lint).  The test VM sees this machine's filesystem, so the same
 #      .venv runs inside it.
 #
 # Env: PASK_PYTHON  interpreter for the venv (default /usr/bin/python3, Debian's,
@@ -21,7 +21,7 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
 PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd kmod file
           ipvsadm nftables libnftables1 iproute2 curl procps python3-venv python3-dev
-          keepalived ansible-core)
+          keepalived)
 
 # ---- 1. Debian packages ------------------------------------------------------
 missing=()

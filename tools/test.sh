@@ -2,9 +2,10 @@
 # tools/test.sh — the project's test command (the README's, and CI's via .ci/run).
 #
 #   1. tools/setup.sh        Debian packages + .venv (fast when already done)
-#   2. unit tests            .venv/bin/python -m pytest tests/   (as root, so the
+#   2. lint                  ansible-lint (profile production, offline) on the role and playbooks
+#   3. unit tests            .venv/bin/python -m pytest tests/   (as root, so the
 #                            netns-marked tests run too; they never skip)
-#   3. integration tests     integration/run: real IPVS + real traffic, in one
+#   4. integration tests     integration/run: real IPVS + real traffic, in one
 #                            test VM when this kernel has no IPVS
 #
 # Run as root.  Exits non-zero if any stage fails (a stage that runs no test
@@ -70,6 +71,7 @@ summary() {
 [ "$(id -u)" = 0 ] || { echo "tools/test.sh: run as root (the netns and kernel tests need it)" >&2; exit 1; }
 
 if ! stage setup - tools/setup.sh; then summary; exit 1; fi
+stage lint - env PATH="$ROOT/.venv/bin:$PATH" sh -c 'cd ansible && exec ansible-lint --offline --nocolor'
 mkdir -p build/unit
 rm -f build/unit/junit.xml
 stage unit build/unit/junit.xml .venv/bin/python -m pytest tests/ -p no:cacheprovider \
