@@ -150,7 +150,8 @@ class Listeners:
 
 def throughput(counts: list[int], interval: float, seconds: float) -> list[dict]:
     from pask_ipvs.backend.fake import fake_backends
-    from pask_ipvs.health.daemon import EventLog, HealthDaemon
+    from pask_ipvs.health.daemon import HealthDaemon
+    from pask_ipvs.health.events import EventLog
     from pask_ipvs.health.probes import run_probe
     from pask_ipvs.model import Config, Health, NatMode, Protocol, RealServer, Service
 
@@ -360,7 +361,7 @@ def start_pask(workdir: str, addrs: list[str], interval: float, timeout: float) 
                     "sys.exit(apply_main(sys.argv[1:]))", "-q", "--state-file", state,
                     "--health-file", health, cfg], check=True, cwd=ROOT)
     return Tool("pask-healthd", VIP_PASK,
-                [PY, "-m", "pask_ipvs.health.daemon", "--state-file", state,
+                [PY, "-m", "pask_ipvs.cli.healthd", "--state-file", state,
                  "--health-file", health, cfg], workdir, ready_file=health)
 
 

@@ -1,12 +1,12 @@
 """How fast IpvsNetlink fills and reads a big IPVS table (run inside the IPVS VM, as root).
 
-    /work/shared/tools/ipvs-vm '/root/.pyenv/versions/3.11.7/bin/python bench/ipvs_codec_bench.py'
+    integration/vm-run -- .venv/bin/python bench/ipvs_codec_bench.py
 
 Each case runs in a child process of its own, in a fresh network namespace (an
-empty IPVS table and an empty destination trash: kernel-notes warn that a table
-refilled after a clear is ~3x slower). "until applied" is the child's wall time
+empty IPVS table and an empty destination trash: a table refilled after a clear
+is ~3x slower, docs/kernel-facts.md "Refill after clear"). "until applied" is the child's wall time
 from exec until apply() returned, i.e. including interpreter start, imports and
-building the ops, as kernel-notes' table counts it; the other columns are
+building the ops, as docs/kernel-facts.md "Programming IPVS fast" counts it; the other columns are
 measured inside the child. "calibration" times a fixed pure-Python loop (about
 0.05-0.07 s natively): under TCG, and more so on a busy host, everything scales
 with it. For the headline number run the default case first on a freshly
@@ -40,7 +40,7 @@ def child(args: argparse.Namespace) -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     sys.path.insert(0, ROOT)
     from pask_ipvs.backend.ipvs import IpvsNetlink
-    from pask_ipvs.kernel import IpvsDest, IpvsService, ServiceKey
+    from pask_ipvs.objects import IpvsDest, IpvsService, ServiceKey
     from pask_ipvs.plan import Op
 
     t_import = time.perf_counter()

@@ -47,12 +47,11 @@ NEW_WEIGHT = 5
 def _desired(config_path: str):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from pask_ipvs.desired import expand
+    from pask_ipvs.fwmarks import fwmarks_for
     from pask_ipvs.load import load_config
-    from pask_ipvs.state import allocate_fwmarks
 
     config = load_config(config_path)
-    fwmarks = allocate_fwmarks([s.name for s in config.services if s.uses_fwmark],
-                               {s.name: s.fwmark for s in config.services if s.fwmark}, {})
+    fwmarks = fwmarks_for(config, {})
     return expand(config, fwmarks, {})
 
 

@@ -16,12 +16,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pask_ipvs.apply import observe, reconcile          # noqa: E402
 from pask_ipvs.backend.fake import fake_backends        # noqa: E402
 from pask_ipvs.desired import expand                    # noqa: E402
+from pask_ipvs.fwmarks import fwmarks_for               # noqa: E402
 from pask_ipvs.load import load_config                  # noqa: E402
+from pask_ipvs.observe import observe                   # noqa: E402
+from pask_ipvs.pipeline import reconcile                # noqa: E402
 from pask_ipvs.plan import diff                         # noqa: E402
-from pask_ipvs.state import PaskState, allocate_fwmarks  # noqa: E402
+from pask_ipvs.state import PaskState                   # noqa: E402
 
 
 def cpu(fn, repeat=3):
@@ -38,7 +40,7 @@ def bench(path: str) -> list[tuple[str, float]]:
     rows = []
     t_load, config = cpu(lambda: load_config(path))
     rows.append(("load + validate", t_load))
-    marks = allocate_fwmarks([s.name for s in config.services if s.uses_fwmark], {}, {})
+    marks = fwmarks_for(config, {})
     t_expand, desired = cpu(lambda: expand(config, marks))
     rows.append(("expand", t_expand))
     b = fake_backends()

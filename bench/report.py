@@ -296,7 +296,8 @@ def cprofile_top(path: str, n: int = 25) -> str:
                 break
         rows.append((ct, tt, nc, f"{short}:{line}({name})"))
     total = max(r[0] for r in rows)
-    wrappers = ("cli.py:1(<module>)", "(main)", "(run_apply)", "(_run_group)")
+    wrappers = ("cli/__init__.py:1(<module>)", "cli/apply.py:1(<module>)", "(main)", "(apply_main)",
+                "(apply_config)", "(_run)", "(_run_group)")
     pask = [r for r in rows if r[3].startswith("pask_ipvs/") and not r[3].endswith(wrappers)]
     out = [f"cProfile of `{os.path.basename(path)}` (total {total:.2f} s under the profiler, which "
            "slows pure Python 2-3x under TCG: read the shares, not the seconds)", "",

@@ -37,7 +37,6 @@ done
 [ "$(id -u)" = 0 ] || die "run as root (the VM and IPVS need it)"
 
 if [ -x integration/vm-run ]; then VMRUN=$ROOT/integration/vm-run
-elif [ -x /work/shared/tools/ipvs-vm ]; then VMRUN=/work/shared/tools/ipvs-vm
 else die "no VM runner: integration/vm-run is missing"; fi
 if [ -x .venv/bin/python ]; then PY=$ROOT/.venv/bin/python
 else PY=/root/.pyenv/versions/3.11.7/bin/python; fi

@@ -66,7 +66,7 @@ def pask_healthd() -> list[str]:
     script = os.path.join(ROOT, ".venv", "bin", "pask-healthd")
     if os.access(script, os.X_OK):
         return [script]
-    return [PYENV_PY, "-m", "pask_ipvs.health.daemon"]
+    return [PYENV_PY, "-m", "pask_ipvs.cli.healthd"]
 
 
 def pask_source() -> dict:
@@ -336,8 +336,8 @@ def healthd_reload(tmp: str, running: str, edited: str, change: dict, timeout: f
 class StageTimer:
     """Wall time per pipeline function, by call path, with no profiler overhead.
 
-    Wraps module attributes (and backend methods) in place; run_apply imports
-    its helpers at call time, so it picks the wrapped ones up."""
+    Wraps module attributes (and backend methods) in place; pipeline.apply_config
+    imports its steps at call time, so it picks the wrapped ones up."""
 
     def __init__(self) -> None:
         self.stack: list[str] = []
@@ -373,37 +373,39 @@ class StageTimer:
                 for p, v in sorted(self.rec.items())]
 
 
-STAGES = [  # (module, attribute, label); a class name in the module means its method
-    ("pask_ipvs.compiled", "ConfigCache.load", "config (cache, else load_config)"),
-    ("pask_ipvs.compiled", "_load_items", "changed services parsed"),
+STAGES = [  # (module, attribute, label); a class name in the module means its method.
+    # A function imported by name at a module's top is wrapped there too (same label).
+    ("pask_ipvs.fastpath.config_cache", "ConfigCache.load", "config (cache, else load_config)"),
+    ("pask_ipvs.fastpath.config_cache", "_load_items", "changed services parsed"),
     ("pask_ipvs.load", "load_config", "load_config"),
     ("pask_ipvs.load", "parse_document", "yaml load"),
     ("pask_ipvs.validate", "validate", "validate"),
     ("pask_ipvs.validate", "schema_issues", "schema validation"),
     ("pask_ipvs.validate", "semantic_issues", "semantic checks"),
-    ("pask_ipvs.load", "build_model", "build model"),
+    ("pask_ipvs.model", "build_model", "build model"),
     ("pask_ipvs.state", "load_state", "state read"),
-    ("pask_ipvs.state", "load_health", "health read"),
-    ("pask_ipvs.state", "allocate_fwmarks", "fwmarks"),
+    ("pask_ipvs.health_file", "parse_health", "health read"),
+    ("pask_ipvs.fwmarks", "fwmarks_for", "fwmarks"),
     ("pask_ipvs.desired", "expand", "expand"),
     ("pask_ipvs.render.nft", "render_table", "nft render"),
-    ("pask_ipvs.apply", "observe", "observe"),
+    ("pask_ipvs.observe", "observe", "observe"),
+    ("pask_ipvs.verify", "observe", "observe"),
     ("pask_ipvs.apply", "preflight", "preflight"),
     ("pask_ipvs.plan", "diff", "diff"),
-    ("pask_ipvs.apply", "diff", "diff"),
+    ("pask_ipvs.verify", "diff", "diff"),
     ("pask_ipvs.render.text", "plan_text", "plan text"),
     ("pask_ipvs.render.text", "op_json", "op json"),
-    ("pask_ipvs.apply", "reconcile", "reconcile"),
+    ("pask_ipvs.pipeline", "reconcile", "reconcile"),
     ("pask_ipvs.apply", "execute", "apply"),
-    ("pask_ipvs.apply", "verify", "verify"),
-    ("pask_ipvs.apply", "next_state", "next state"),
+    ("pask_ipvs.verify", "verify", "verify"),
+    ("pask_ipvs.verify", "next_state", "next state"),
     ("pask_ipvs.state", "save_state", "state write"),
-    ("pask_ipvs.compiled", "ConfigCache.save", "config cache write"),
-    ("pask_ipvs.compiled", "code_digest", "code digest"),
+    ("pask_ipvs.fastpath.config_cache", "ConfigCache.save", "config cache write"),
+    ("pask_ipvs.fastpath.config_cache", "code_digest", "code digest"),
     ("pask_ipvs.state", "PaskState.inputs_digest", "inputs digest"),
-    ("pask_ipvs.fingerprint", "fingerprint_now", "kernel fingerprint (no-op fast path)"),
-    ("pask_ipvs.fingerprint", "kernel_fingerprint", "fingerprint digest"),
-    ("pask_ipvs.backend.ipvs", "IpvsNetlink.fingerprint", "ipvs fingerprint"),
+    ("pask_ipvs.fastpath.kernel_digest", "kernel_digest_now", "kernel fingerprint (no-op fast path)"),
+    ("pask_ipvs.fastpath.kernel_digest", "kernel_digest", "fingerprint digest"),
+    ("pask_ipvs.backend.ipvs", "IpvsNetlink.service_digests", "ipvs fingerprint"),
     ("pask_ipvs.backend.ipvs", "IpvsNetlink.observe", "ipvs observe"),
     ("pask_ipvs.backend.ipvs", "IpvsNetlink.observe_services", "ipvs observe (touched)"),
     ("pask_ipvs.backend.ipvs", "IpvsNetlink.apply", "ipvs write (encode + kernel)"),
@@ -438,8 +440,8 @@ def cmd_stages(args: argparse.Namespace) -> int:
     out: dict = {"interpreter start s": round(started, 3)}
     t = time.perf_counter()
     import pask_ipvs.cli as cli
-    for m in ("apply", "backend.base", "compiled", "desired", "errors", "plan", "render.text",
-              "render.nft", "state"):
+    for m in ("pipeline", "apply", "observe", "verify", "backend.base", "fastpath.config_cache",
+              "desired", "errors", "plan", "render.text", "render.nft", "state"):
         importlib.import_module(f"pask_ipvs.{m}")
     # the YAML loader, jsonschema and the validator load lazily: inside the config stage,
     # and only when the config cache cannot answer
@@ -536,7 +538,7 @@ def cmd_floor(args: argparse.Namespace) -> int:
     import gc
     import yaml
 
-    from pask_ipvs import load, validate
+    from pask_ipvs import load, model, validate
     with open(args.config, encoding="utf-8") as f:
         text = f.read()
 
@@ -557,7 +559,7 @@ def cmd_floor(args: argparse.Namespace) -> int:
         lambda: load.parse_document(args.config, text))
     data, lines, _ = load.parse_document(args.config, text)
     rows["pask: validate (schema + semantic checks)"] = best(lambda: validate.validate(data, lines, args.config))
-    rows["pask: build_model"] = best(lambda: load.build_model(data, args.config))
+    rows["pask: build_model"] = best(lambda: model.build_model(data, args.config))
     as_json = json.dumps(data)
     rows["json.loads of the same data (no YAML: what parsing could cost)"] = best(lambda: json.loads(as_json))
     result["rows"] = rows

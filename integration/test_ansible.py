@@ -27,10 +27,11 @@ def bin_dir(tmp: Path) -> Path:
         return venv
     out = tmp / "bin"
     out.mkdir(exist_ok=True)
-    for name, func in (("pask", "main"), ("pask-apply", "apply_main"), ("pask-healthd", "main")):
+    for name, module in (("pask", "pask_ipvs.cli"), ("pask-apply", "pask_ipvs.cli.apply"),
+                         ("pask-healthd", "pask_ipvs.cli.healthd")):
         (out / name).write_text(
             f"#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -c "
-            f"'import sys; from pask_ipvs.cli import {func}; sys.exit({func}())' \"$@\"\n")
+            f"'import sys; from {module} import main; sys.exit(main())' \"$@\"\n")
         (out / name).chmod(0o755)
     return out
 

@@ -66,7 +66,7 @@ class Healthd:
         self.lab = lab
         self.config_path = config_path
         self.log = lab.dir / "healthd.log"
-        argv = ["ip", "netns", "exec", LB, sys.executable, "-m", "pask_ipvs.health.daemon",
+        argv = ["ip", "netns", "exec", LB, sys.executable, "-m", "pask_ipvs.cli.healthd",
                 "--state-file", str(lab.state_file), "--health-file", str(lab.health_file),
                 str(config_path)]
         self.out = open(self.log, "w")

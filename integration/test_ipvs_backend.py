@@ -5,8 +5,6 @@ every test starts from an empty table (and an empty destination trash) and
 nothing is flushed. Needs no fixtures from other files:
 
     integration/run integration/test_ipvs_backend.py
-    /work/shared/tools/ipvs-vm '/root/.pyenv/versions/3.11.7/bin/python -m pytest -q \\
-        integration/test_ipvs_backend.py -p no:cacheprovider --noconftest'
 """
 
 from __future__ import annotations
@@ -23,9 +21,10 @@ import time
 import pytest
 
 from pask_ipvs.backend import ipvs as ipvs_mod
-from pask_ipvs.backend.fake_ipvs import LINUX_6_1_SCHEDULERS, FakeIpvs, kernel_conflicts
+from pask_ipvs.backend.fake_ipvs import LINUX_6_1_SCHEDULERS, FakeIpvs
 from pask_ipvs.backend.ipvs import IpvsNetlink
-from pask_ipvs.kernel import DestStats, IpvsDest, IpvsObserved, IpvsService, ServiceKey
+from kernel_cases import ipvs_conflicts
+from pask_ipvs.objects import DestStats, IpvsDest, IpvsObserved, IpvsService, ServiceKey
 from builders import op_add as add, op_delete as delete, op_set as setop
 
 CLONE_NEWNET = 0x40000000
@@ -37,8 +36,8 @@ def _require_ipvs_host() -> None:
     if os.geteuid() != 0:
         pytest.fail("integration/test_ipvs_backend.py needs root (run it in the IPVS VM)")
     if not os.path.isdir("/proc/sys/net/ipv4/vs") and not os.path.isdir("/sys/module/ip_vs"):
-        pytest.fail("this kernel has no IPVS: run it with /work/shared/tools/ipvs-vm "
-                    "or integration's own VM runner")
+        pytest.fail("this kernel has no IPVS: run it with integration/run, which boots "
+                    "the test VM (integration/vm-run)")
 
 
 @pytest.fixture
@@ -154,7 +153,7 @@ def test_observe_services_reads_what_observe_reads_for_those_keys(ipvs):
 
 def _read_with_pyroute2():
     """Services and dests read through pyroute2 (an independent decoder); fwd read from
-    the raw attribute (kernel-notes: IPVSDest.from_message misreports it)."""
+    the raw attribute (docs/kernel-facts.md "pyroute2 trap: fwd_method")."""
     from pyroute2 import IPVS, IPVSService
     protos = {6: "tcp", 17: "udp", 132: "sctp"}
     fwds = {0: "masq", 2: "tunnel", 3: "route"}
@@ -192,11 +191,11 @@ def test_conflicts_answer_the_errnos_the_fake_uses(ipvs):
     svc, dest = IpvsService(T, "rr"), IpvsDest(T, "10.99.1.1", 80)
     assert ipvs.apply([add(svc), add(dest)]) == []
     got = {}
-    for name, (op, _code) in kernel_conflicts(svc, dest).items():
+    for name, (op, _code) in ipvs_conflicts(svc, dest).items():
         errors = ipvs.apply([op])
         assert len(errors) == 1 and errors[0].op is op, (name, errors)
         got[name] = errors[0].errno
-    assert got == {name: code for name, (_op, code) in kernel_conflicts(svc, dest).items()}
+    assert got == {name: code for name, (_op, code) in ipvs_conflicts(svc, dest).items()}
     assert ipvs.observe() == expected([svc, dest])
 
 

@@ -1,8 +1,10 @@
 """The lab proves itself without pask: plain ipvsadm / nft, real traffic.
 
 If these pass and a pask test fails, the fault is pask's, not the rig's.
-Each test sets up by hand exactly what the matching NAT mode needs (the
-kernel-notes recipe), so these are also the reference for what pask must do.
+Each test sets up by hand exactly what the matching NAT mode needs
+(docs/kernel-facts.md "LB sysctls", "L2 DSR real server", "L3 DSR real server",
+"SNAT of IPVS NAT traffic", "Filters as fwmark services"), so these are also
+the reference for what pask must do.
 """
 
 from __future__ import annotations

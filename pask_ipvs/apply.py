@@ -1,4 +1,4 @@
-"""The imperative shell: observe -> preflight -> execute -> observe again -> verify.
+"""apply: run a plan's ops on the kernel, after a preflight that checks what can be checked.
 
 IPVS has no transactions, so "nothing half applied" comes from three things:
 everything that can be checked is checked before the first change (config,
@@ -9,74 +9,14 @@ already ran are undone in reverse.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from .backend.base import BackendError, Backends
-from .kernel import Desired, IpvsObserved, NftObserved, Observed, ServiceKey
-from .plan import REPLACE, Op, Plan, diff
-from .state import PaskState
+from .objects import Desired, NftObserved
+from .plan import IPVS_KINDS, REPLACE, Op, Plan
 
-IPVS_KINDS = ("service", "dest")
-# verify re-reads the IPVS services an apply touched, unless they are more than this
-# share of the table (a cold apply, a big change): then one whole-table read is cheaper.
-VERIFY_PARTIAL_MAX_FRACTION = 0.25
 Progress = Callable[[str], None]
-
-
-def observe(desired: Desired, backends: Backends, *, stats: bool = False) -> Observed:
-    """Read what the kernel holds of everything ``desired`` speaks about.
-
-    IPVS is read first: the generic-netlink lookup loads ip_vs, which creates
-    the net.ipv4.vs.* sysctls read after it.
-    """
-    return _observe_rest(desired, backends, backends.ipvs.observe(stats=stats))
-
-
-def _observe_rest(desired: Desired, backends: Backends, ipvs: IpvsObserved) -> Observed:
-    """Everything but IPVS (cheap: one nft listing, one interface, a few sysctls)."""
-    nft = backends.nft.observe()
-    link, vips = (None, frozenset())
-    if desired.vip_interface:
-        link, vips = backends.addr.observe(desired.vip_interface)
-    sysctls = backends.sysctl.read(desired.sysctls.keys())
-    return Observed(ipvs=ipvs, nft=nft, link=link, vips=vips, sysctls=sysctls)
-
-
-def touched_services(ops: Iterable[Op]) -> set[ServiceKey]:
-    """The IPVS services ``ops`` write to: a service op's own key, a dest op's service."""
-    keys: set[ServiceKey] = set()
-    for op in ops:
-        if op.kind not in IPVS_KINDS:
-            continue
-        value = op.after if op.after is not None else op.before
-        keys.add(value.key if op.kind == "service" else value.service)   # type: ignore[union-attr]
-    return keys
-
-
-def observe_after(desired: Desired, backends: Backends, before: Observed, ops: Iterable[Op], *,
-                  stats: bool = False, also: Iterable[ServiceKey] = (),
-                  max_fraction: float = VERIFY_PARTIAL_MAX_FRACTION) -> Observed:
-    """What ``observe`` would read after ``ops`` ran on a kernel observed as ``before``,
-    at the cost of what the ops touched.
-
-    IPVS: ``before`` with the services the ops touched (and ``also``) read again
-    through ``observe_services``; a service gone from the kernel drops out with its
-    dests. When those are more than ``max_fraction`` of the services in ``before``
-    (a cold apply), one whole-table read is cheaper and is done instead. Everything
-    else is read whole, as ``observe`` does. Same result as ``observe`` as long as
-    nobody else changed the untouched services meanwhile (their counters are
-    ``before``'s; ``also`` names the services whose counters matter, e.g. draining)."""
-    keys = touched_services(ops) | set(also)
-    if len(keys) > max_fraction * len(before.ipvs.services):
-        ipvs = backends.ipvs.observe(stats=stats)
-    elif keys:
-        fresh = backends.ipvs.observe_services(sorted(keys), stats=stats)
-        ipvs = before.ipvs.replaced(fresh, keys)
-    else:                       # only nft, addresses or sysctls changed: IPVS is as it was
-        ipvs = before.ipvs.replaced(IpvsObserved(), keys)
-    return _observe_rest(desired, backends, ipvs)
 
 
 def preflight(desired: Desired, backends: Backends) -> list[str]:
@@ -143,16 +83,16 @@ def _run_group(group: list[Op], backends: Backends, result: ApplyResult) -> list
             e.op = e.op or op
             return [e]
         except OSError as e:
-            return [BackendError(f"{op.kind} {op.key}: {e.strerror or e}", e.errno or 0, op)]
+            return [BackendError(f"{op.kind} {op.label}: {e.strerror or e}", e.errno or 0, op)]
         result.applied.append(op)
     return []
 
 
 def _run_one(op: Op, backends: Backends, result: ApplyResult) -> None:
     if op.kind == "sysctl":
-        backends.sysctl.write(op.key, op.after)
+        backends.sysctl.write(op.label, op.after)
     elif op.kind == "link":
-        backends.addr.add_link(op.key)          # creates it, or only sets it up
+        backends.addr.add_link(op.label)          # creates it, or only sets it up
     elif op.kind == "nft":
         result.nft_touched = True
         if op.action == REPLACE:
@@ -192,80 +132,3 @@ def _rollback(result: ApplyResult, backends: Backends) -> None:
         errors = _run_group(group, backends, scratch)
         result.rollback_errors.extend(errors)
     result.rolled_back = scratch.applied
-
-
-def verify(desired: Desired, backends: Backends, state: PaskState, *,
-           now: float | None = None, drain_timeout: int = 0,
-           before: Observed | None = None, ops: Iterable[Op] = ()) -> tuple[Plan, Observed]:
-    """Observe again and plan again: whatever remains is drift the apply did not fix.
-
-    Given ``before`` (the observation the plan was made from) and the ``ops`` that
-    were run, IPVS is read again only where the ops wrote (observe_after), so a
-    one-weight change costs one service's read, not the whole table's. Without
-    ``before``, everything is read again."""
-    stats = drain_timeout > 0
-    if before is None:
-        observed = observe(desired, backends, stats=stats)
-    else:
-        # draining dests' services too: their connection counts decide the next op
-        observed = observe_after(desired, backends, before, ops, stats=stats,
-                                 also={dkey.service for dkey in state.draining})
-    return diff(desired, observed, state, now=time.time() if now is None else now,
-                drain_timeout=drain_timeout), observed
-
-
-def next_state(previous: PaskState, desired: Desired, fwmarks: dict[str, int],
-               plan: Plan, result: ApplyResult | None,
-               observed_after: Observed | None = None) -> PaskState:
-    """The state file after an apply. On failure, keep owning what the kernel may still hold.
-
-    The nft listing digest is taken from the kernel after the apply, so a later
-    hand edit of ``inet pask`` shows up as drift."""
-    services = {name: key for key, name in desired.owners.items()}
-    if result is not None and not result.ok:
-        for name, key in previous.services.items():
-            services.setdefault(name, key)
-    nft_digest = previous.nft_listing_digest
-    if result is not None and result.nft_touched:
-        nft_digest = result.nft.listing_digest if result.nft else None
-    if observed_after is not None and desired.nft is not None and observed_after.nft is not None \
-            and observed_after.nft.comment == desired.nft.digest:
-        nft_digest = observed_after.nft.listing_digest
-    if desired.nft is None:
-        nft_digest = None
-    return PaskState(
-        services=services,
-        fwmarks=dict(fwmarks),
-        nft_listing_digest=nft_digest,
-        vips=sorted(desired.vips),
-        draining=dict(plan.draining),
-    )
-
-
-@dataclass
-class Outcome:
-    plan: Plan
-    result: ApplyResult | None          # None: nothing to do
-    remaining: Plan                     # what verify still found (empty = verified)
-    state: PaskState                    # the state file to write
-    observed: Observed | None = None    # the kernel as last read (after the apply, if any)
-
-
-def reconcile(desired: Desired, observed: Observed, state: PaskState, fwmarks: dict[str, int],
-              backends: Backends, *, now: float | None = None, drain_timeout: int = 0,
-              progress: Progress | None = None, plan: Plan | None = None) -> Outcome:
-    """One pask-apply run after observe: plan (unless given), execute, verify, next state."""
-    now = time.time() if now is None else now
-    if plan is None:
-        plan = diff(desired, observed, state, now=now, drain_timeout=drain_timeout)
-    if not plan.changed:  # nothing written: the observation just made is the verification
-        return Outcome(plan, None, plan, next_state(state, desired, fwmarks, plan, None, observed),
-                       observed)
-    result = execute(plan, backends, progress=progress)
-    interim = next_state(state, desired, fwmarks, plan, result)
-    # ``observed`` is what the plan was made from: verify re-reads only the IPVS
-    # services the plan's ops (and any rollback of them) wrote to.
-    remaining, after = verify(desired, backends, interim, now=now, drain_timeout=drain_timeout,
-                              before=observed, ops=plan.ops)
-    return Outcome(plan, result, remaining,
-                   next_state(state, desired, fwmarks, plan, result, after), after)

@@ -1,6 +1,6 @@
 """expand(model) -> Desired: what the kernel should hold, as pure data.
 
-The one place where PAS-K concepts become kernel objects (design.md's mapping
+The one place where PAS-K concepts become kernel objects (docs/design.md "Mapping"
 table): NAT modes -> IPVS forwarding methods + nft SNAT, filters -> fwmark
 services, persistence -> IPVS persistent services, health -> weights.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Mapping
 
-from .kernel import (
+from .objects import (
     FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, Desired, IpvsDest, IpvsService, ServiceKey, VipAddress,
 )
-from .model import Config, NatMode, Service
-from .health.machine import effective_weights
+from .health_file import health_key
+from .model import Config, NatMode, OnFailure, ServerState, Service
 
 FWD_BY_MODE = {
     NatMode.DEST_NAT: FWD_MASQ,
@@ -108,3 +108,32 @@ def expand(config: Config, fwmarks: Mapping[str, int],
     desired.schedulers = frozenset(schedulers)
     desired.nft = render_table(config.services, fwmarks)
     return desired
+
+
+def effective_weights(service: Service, up: Mapping[str, bool]) -> dict[tuple[str, int], int | None]:
+    """(addr, port) -> weight the kernel should hold; None = the destination is absent.
+
+    * disabled: weight 0 whatever its health (drain; health never moves it);
+    * down: weight 0 with ``on_failure: inhibit`` (its connections drain),
+      absent with ``remove``;
+    * backup (sorry server): its weight only while no enabled server is up,
+      else 0 (kept in the kernel, so its connections drain when the pool recovers);
+    * a server missing from ``up`` counts as up (no health check, or not known yet).
+    """
+    def is_up(rs) -> bool:
+        return up.get(health_key(service.name, rs.address, rs.port), True)
+
+    pool_up = any(rs.state is ServerState.ENABLED and is_up(rs) for rs in service.real_servers)
+    failed = None if service.on_failure is OnFailure.REMOVE else 0
+    out: dict[tuple[str, int], int | None] = {}
+    for rs in service.real_servers:
+        if rs.state is ServerState.DISABLED:
+            weight: int | None = 0
+        elif not is_up(rs):
+            weight = failed
+        elif rs.state is ServerState.BACKUP:
+            weight = 0 if pool_up else rs.weight
+        else:
+            weight = rs.weight
+        out[(rs.address, rs.port)] = weight
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 PathPart = str | int
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -24,6 +24,12 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.path}: {self.message}"
+
+
+class Lines(Protocol):
+    """JSON path -> line of the config file (load.LineMap: from the YAML node tree)."""
+
+    def line(self, path: "Sequence[PathPart] | str") -> int: ...
 
 
 class ConfigError(Exception):

@@ -3,52 +3,21 @@
 The YAML is parsed and composed by libyaml (``CSafeLoader``) so that a
 1024 x 32 config loads in a fraction of a second; lines come from the node
 tree, looked up only when a problem needs one.  Duplicate keys are an error
-(PyYAML keeps the last silently, which hides typos).  ``build_model`` is the
-one place where a key's default is decided.
+(PyYAML keeps the last silently, which hides typos).  Then validate.py checks
+the data and model.build_model types it (with the defaults of defaults.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
-import ipaddress
-import socket
 from typing import Sequence
 
 import yaml
 
+from .config_file import read_config_text
 from .errors import ConfigError, PathPart, Problem, format_path, parse_path
-from .model import (
-    Config, Filter, FilterAction, Health, NatMode, OnFailure, Persistence, PortRange, Protocol,
-    RealServer, ServerState, Service,
-)
-
-# Defaults (the schema's "default" annotations must agree: tests/test_schema.py checks).
-DEFAULT_VIP_INTERFACE = "pask0"
-DEFAULT_DRAIN_TIMEOUT = 0
-DEFAULT_PROTOCOL = "tcp"
-DEFAULT_SCHEDULER = "wlc"
-DEFAULT_NAT_MODE = "dest-nat"
-DEFAULT_ON_FAILURE = "inhibit"
-DEFAULT_WEIGHT = 1
-DEFAULT_STATE = "enabled"
-DEFAULT_NETMASK = {4: "255.255.255.255", 6: "128"}
-DEFAULT_HEALTH = {"type": "none", "interval": 2, "timeout": 1, "rise": 2, "fall": 3}
-
-# Health type -> its own keys and their defaults (None: optional, no default).
-# The schema allows each key only for the types listed here.
-HEALTH_PARAMS: dict[str, dict[str, object]] = {
-    "none": {},
-    "tcp": {},
-    "http": {"path": "/", "method": "GET", "host": None, "expect_status": (200,), "body_regex": None},
-    "https": {"path": "/", "method": "GET", "host": None, "expect_status": (200,), "body_regex": None,
-              "sni": None, "verify_tls": False},
-    "udp": {"payload": None, "expect": None},
-    "dns": {"query_name": None, "query_type": "A", "expect_rcode": "NOERROR"},
-    "script": {"command": None},
-}
-
+from .model import Config
 
 # -- YAML with lines ---------------------------------------------------------------
 
@@ -254,7 +223,7 @@ def parse_document(path: str, text: str) -> tuple[object, LineMap, list[Problem]
 
 
 @contextlib.contextmanager
-def _gc_paused():
+def gc_paused():
     """A big config makes ~300k small objects and no garbage: the cyclic GC would run over
     them again and again (half the load time at 1024 x 32)."""
     enabled = gc.isenabled()
@@ -268,7 +237,7 @@ def _gc_paused():
 
 def load_document(path: str, text: str) -> tuple[object, LineMap]:
     """YAML -> plain data + JSON path -> line map. Raises ConfigError (syntax, duplicate keys)."""
-    with _gc_paused():
+    with gc_paused():
         data, lines, problems = parse_document(path, text)
     if problems:
         raise ConfigError(problems)
@@ -277,141 +246,15 @@ def load_document(path: str, text: str) -> tuple[object, LineMap]:
 
 def load_config(path: str, text: str | None = None) -> Config:
     """Read, validate and build the config; ConfigError lists every problem found."""
+    from .model import build_model
     from .validate import validate
 
     if text is None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise ConfigError([Problem(path, 0, "$", f"cannot read the config file: {reason}")]) from None
-    with _gc_paused():
+        text = read_config_text(path)
+    with gc_paused():
         data, lines, problems = parse_document(path, text)
         problems += validate(data, lines, path)
         if problems:
             raise ConfigError(problems)
         assert isinstance(data, dict)
         return build_model(data, path)
-
-
-# -- model ---------------------------------------------------------------------------
-
-def dotted_quad(text: str) -> bytes | None:
-    """The 4 bytes of an IPv4 address written canonically ('10.99.0.1'), else None.
-
-    A fast path for the common case: ``ipaddress`` parses each octet in Python
-    (17% of loading 1024 x 32), inet_aton in C. Only text that inet_ntoa gives
-    back unchanged counts, so inet_aton's laxer forms ('10.1', '010.0.0.1')
-    still go to ``ipaddress``, which refuses them."""
-    try:
-        packed = socket.inet_aton(text)
-    except (OSError, ValueError):       # ValueError: an embedded NUL
-        return None
-    return packed if socket.inet_ntoa(packed) == text else None
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def canonical_address(text: str) -> str:
-    """'fd00:0::1' -> 'fd00::1' (addresses are compared and keyed in this form)."""
-    if dotted_quad(text) is not None:
-        return text
-    return str(ipaddress.ip_address(text))
-
-
-@functools.lru_cache(maxsize=1 << 12)
-def canonical_network(text: str) -> str:
-    """'10.0.0.0/8' stays; a plain address becomes a /32 or /128 network."""
-    return str(ipaddress.ip_network(text, strict=True))
-
-
-def port_range(value: int | str) -> PortRange:
-    if isinstance(value, int):
-        return PortRange(value, value)
-    low, high = value.split("-")
-    return PortRange(int(low), int(high))
-
-
-def _health(raw: dict | None) -> Health:
-    raw = raw or {}
-    htype = raw.get("type", DEFAULT_HEALTH["type"])
-    params = []
-    for key, default in HEALTH_PARAMS[htype].items():
-        value = raw.get(key, default)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            value = tuple(value)
-        params.append((key, value))
-    port = raw.get("port")
-    return Health(
-        type=htype,
-        interval=float(raw.get("interval", DEFAULT_HEALTH["interval"])),
-        timeout=float(raw.get("timeout", DEFAULT_HEALTH["timeout"])),
-        rise=int(raw.get("rise", DEFAULT_HEALTH["rise"])),
-        fall=int(raw.get("fall", DEFAULT_HEALTH["fall"])),
-        port=int(port) if port is not None else None,
-        params=tuple(sorted(params)),
-    )
-
-
-def _filter(raw: dict) -> Filter:
-    def opt(key, conv):
-        value = raw.get(key)
-        return conv(value) if value is not None else None
-
-    return Filter(
-        action=FilterAction(raw["action"]),
-        protocol=opt("protocol", Protocol),
-        src=opt("src", canonical_network),
-        dst=opt("dst", canonical_network),
-        src_port=opt("src_port", port_range),
-        dst_port=opt("dst_port", port_range),
-    )
-
-
-def _service(raw: dict) -> Service:
-    vip = canonical_address(raw["vip"])
-    family = 6 if ":" in vip else 4
-    port = int(raw["port"])
-    persistence = None
-    if "persistence" in raw:
-        p = raw["persistence"]
-        netmask = p.get("netmask", DEFAULT_NETMASK[family])
-        persistence = Persistence(timeout=int(p["timeout"]), netmask=str(netmask))
-    servers = tuple(
-        RealServer(
-            address=canonical_address(rs["address"]),
-            port=int(rs.get("port", port)),
-            weight=int(rs.get("weight", DEFAULT_WEIGHT)),
-            state=ServerState(rs.get("state", DEFAULT_STATE)),
-            explicit_port="port" in rs,
-        )
-        for rs in raw.get("real_servers", ())
-    )
-    return Service(
-        name=raw["name"],
-        vip=vip,
-        port=port,
-        protocol=Protocol(raw.get("protocol", DEFAULT_PROTOCOL)),
-        scheduler=raw.get("scheduler", DEFAULT_SCHEDULER),
-        nat_mode=NatMode(raw.get("nat_mode", DEFAULT_NAT_MODE)),
-        real_servers=servers,
-        snat_ip=canonical_address(raw["snat_ip"]) if "snat_ip" in raw else None,
-        local_networks=tuple(canonical_network(n) for n in raw.get("local_networks", ())),
-        persistence=persistence,
-        filters=tuple(_filter(f) for f in raw.get("filters", ())),
-        health=_health(raw.get("health")),
-        on_failure=OnFailure(raw.get("on_failure", DEFAULT_ON_FAILURE)),
-        fwmark=int(raw["fwmark"]) if "fwmark" in raw else None,
-    )
-
-
-def build_model(data: dict, source: str) -> Config:
-    """Validated data -> Config with every default applied. Call only on data that validated."""
-    return Config(
-        services=tuple(_service(s) for s in data["services"]),
-        vip_interface=data.get("vip_interface", DEFAULT_VIP_INTERFACE),
-        drain_timeout=int(data.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
-        source=source,
-    )

@@ -1,13 +1,21 @@
 """The validated configuration as typed, frozen values.
 
 Everything after validation works on these types, never on the raw dict, so a
-key's default and meaning are decided in exactly one place (``load.build_model``).
+key's default and meaning are decided in exactly one place (``build_model`` below,
+from the defaults in defaults.py).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+
+from .defaults import (
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH, DEFAULT_NAT_MODE, DEFAULT_NETMASK, DEFAULT_ON_FAILURE,
+    DEFAULT_PROTOCOL, DEFAULT_SCHEDULER, DEFAULT_STATE, DEFAULT_VIP_INTERFACE, DEFAULT_WEIGHT,
+    HEALTH_PARAMS,
+)
+from .objects import canonical_address, canonical_network, family_of
 
 
 class Protocol(str, enum.Enum):
@@ -129,7 +137,7 @@ class Service:
 
     @property
     def family(self) -> int:
-        return 6 if ":" in self.vip else 4
+        return family_of(self.vip)
 
     @property
     def uses_fwmark(self) -> bool:
@@ -148,3 +156,97 @@ class Config:
             if svc.name == name:
                 return svc
         raise KeyError(name)
+
+
+# -- built from validated data ---------------------------------------------------------------------------
+
+def port_range(value: int | str) -> PortRange:
+    if isinstance(value, int):
+        return PortRange(value, value)
+    low, high = value.split("-")
+    return PortRange(int(low), int(high))
+
+
+def _health(raw: dict | None) -> Health:
+    raw = raw or {}
+    htype = raw.get("type", DEFAULT_HEALTH["type"])
+    params = []
+    for key, default in HEALTH_PARAMS[htype].items():
+        value = raw.get(key, default)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        params.append((key, value))
+    port = raw.get("port")
+    return Health(
+        type=htype,
+        interval=float(raw.get("interval", DEFAULT_HEALTH["interval"])),
+        timeout=float(raw.get("timeout", DEFAULT_HEALTH["timeout"])),
+        rise=int(raw.get("rise", DEFAULT_HEALTH["rise"])),
+        fall=int(raw.get("fall", DEFAULT_HEALTH["fall"])),
+        port=int(port) if port is not None else None,
+        params=tuple(sorted(params)),
+    )
+
+
+def _filter(raw: dict) -> Filter:
+    def opt(key, conv):
+        value = raw.get(key)
+        return conv(value) if value is not None else None
+
+    return Filter(
+        action=FilterAction(raw["action"]),
+        protocol=opt("protocol", Protocol),
+        src=opt("src", canonical_network),
+        dst=opt("dst", canonical_network),
+        src_port=opt("src_port", port_range),
+        dst_port=opt("dst_port", port_range),
+    )
+
+
+def build_service(raw: dict) -> Service:
+    vip = canonical_address(raw["vip"])
+    family = family_of(vip)
+    port = int(raw["port"])
+    persistence = None
+    if "persistence" in raw:
+        p = raw["persistence"]
+        netmask = p.get("netmask", DEFAULT_NETMASK[family])
+        persistence = Persistence(timeout=int(p["timeout"]), netmask=str(netmask))
+    servers = tuple(
+        RealServer(
+            address=canonical_address(rs["address"]),
+            port=int(rs.get("port", port)),
+            weight=int(rs.get("weight", DEFAULT_WEIGHT)),
+            state=ServerState(rs.get("state", DEFAULT_STATE)),
+            explicit_port="port" in rs,
+        )
+        for rs in raw.get("real_servers", ())
+    )
+    return Service(
+        name=raw["name"],
+        vip=vip,
+        port=port,
+        protocol=Protocol(raw.get("protocol", DEFAULT_PROTOCOL)),
+        scheduler=raw.get("scheduler", DEFAULT_SCHEDULER),
+        nat_mode=NatMode(raw.get("nat_mode", DEFAULT_NAT_MODE)),
+        real_servers=servers,
+        snat_ip=canonical_address(raw["snat_ip"]) if "snat_ip" in raw else None,
+        local_networks=tuple(canonical_network(n) for n in raw.get("local_networks", ())),
+        persistence=persistence,
+        filters=tuple(_filter(f) for f in raw.get("filters", ())),
+        health=_health(raw.get("health")),
+        on_failure=OnFailure(raw.get("on_failure", DEFAULT_ON_FAILURE)),
+        fwmark=int(raw["fwmark"]) if "fwmark" in raw else None,
+    )
+
+
+def build_model(data: dict, source: str) -> Config:
+    """Validated data -> Config with every default applied. Call only on data that validated."""
+    return Config(
+        services=tuple(build_service(s) for s in data["services"]),
+        vip_interface=data.get("vip_interface", DEFAULT_VIP_INTERFACE),
+        drain_timeout=int(data.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
+        source=source,
+    )

@@ -10,16 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
-from .kernel import (
-    DestKey, Desired, NftTable, Observed,
-)
+from .objects import DestKey, Desired, NftTable, Observed
 from .state import PaskState
 
 ADD, SET, DELETE, REPLACE = "add", "set", "delete", "replace"
+IPVS_KINDS = ("service", "dest")        # op kinds the IPVS backend runs
+IPVS_KINDS = ("service", "dest")        # op kinds the IPVS backend runs
 SYMBOLS = {ADD: "+", SET: "~", DELETE: "-", REPLACE: "±"}
 
 # Execution order: (kind, action). New things first, old things last.
 PHASES: tuple[tuple[str, str], ...] = (
+    ("module", ADD),          # pask realserver: a kernel module, before what needs it
     ("sysctl", SET),
     ("link", ADD),
     ("link", SET),
@@ -43,7 +44,7 @@ class Op:
 
     action: str
     kind: str
-    key: str
+    label: str                 # what the op is about, as the plan shows it ("tcp 10.99.0.1:80")
     before: object = None
     after: object = None
     reason: str = ""           # "" (config), "drift", "drain", "health", "rollback"

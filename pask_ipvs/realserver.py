@@ -20,26 +20,21 @@ sysctls, ``tunl0`` and the ``ipip`` module stay as they are, because other VIPs
 VIP. Re-running `up` or `down` changes nothing the second time.
 
 This module is the pure part (plan = diff(what the mode needs, what the host
-has)) plus a thin command-line shell; the kernel is behind ``RealServerHost``
-(real one: backend/realserver_host.py, with a fake that behaves like the kernel).
+has)) and the executor of that plan; the kernel is behind ``RealServerHost``
+(real one: backend/realserver_host.py, with a fake that behaves like the kernel);
+the command line is cli/realserver.py. Plans print as pask-apply's (render/text.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import json
-import sys
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Protocol, Sequence, TextIO
+from typing import Iterable, Protocol, Sequence
 
-from .kernel import VipAddress
+from .objects import LOOPBACK, TUNNEL, TUNNEL_MODULE, HostObserved, VipAddress
 from .plan import ADD, DELETE, SET, Op, Plan
 
 L2_DSR, L3_DSR = "l2-dsr", "l3-dsr"
 MODES = (L2_DSR, L3_DSR)
-LOOPBACK, TUNNEL, TUNNEL_MODULE = "lo", "tunl0", "ipip"
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 _ARP_ALL = {"net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2"}
 _ARP_LO = {"net.ipv4.conf.lo.arp_ignore": "1", "net.ipv4.conf.lo.arp_announce": "2"}
@@ -59,15 +54,6 @@ def required_sysctls(mode: str) -> dict[str, str]:
     if mode == L2_DSR:
         return {**_ARP_ALL, **_ARP_LO}
     return {**_ARP_ALL, **_RP_OFF}
-
-
-@dataclass(frozen=True)
-class HostObserved:
-    """What a real server holds: every link (name -> up), every IPv4 address, some sysctls."""
-
-    links: Mapping[str, bool] = field(default_factory=dict)
-    addresses: frozenset[VipAddress] = frozenset()
-    sysctls: Mapping[str, str] = field(default_factory=dict)
 
 
 class RealServerHost(Protocol):
@@ -166,32 +152,6 @@ def warnings_for(mode: str | None, vips: Sequence[str], observed: HostObserved) 
     return out
 
 
-def op_line(op: Op) -> str:
-    """One plan line, in the same style as pask-apply's plan."""
-    if op.kind == "link":
-        was = op.before or "absent"
-        return f"{op.symbol} link {op.key} {op.after} (was {was})"
-    if op.kind == "module":
-        why = f" ({op.reason})" if op.reason else ""
-        return f"{op.symbol} module {op.key}{why}"
-    from .render.text import op_line as apply_op_line
-    return apply_op_line(op)
-
-
-def plan_text(plan: Plan) -> str:
-    from .render.text import summary
-    lines = [op_line(op) for op in plan.ops]
-    if plan.ops:
-        lines.append(summary(plan))
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-def op_json(op: Op) -> dict:
-    from .render.text import to_jsonable
-    return {"action": op.action, "kind": op.kind, "key": op.key, "service": None,
-            "before": to_jsonable(op.before), "after": to_jsonable(op.after), "reason": op.reason}
-
-
 def outcome(command: str, mode: str | None, vips: Sequence[str], *, changed: bool,
             dry_run: bool) -> str:
     """The closing line an operator reads."""
@@ -222,11 +182,11 @@ def execute(plan: Plan, host: RealServerHost, done: list[Op] | None = None) -> l
     for op in plan.ops:
         try:
             if op.kind == "module":
-                host.load_module(op.key)
+                host.load_module(op.label)
             elif op.kind == "link":
-                host.set_link_up(op.key)
+                host.set_link_up(op.label)
             elif op.kind == "sysctl":
-                host.write_sysctl(op.key, str(op.after))
+                host.write_sysctl(op.label, str(op.after))
             elif op.kind == "address" and op.action == ADD:
                 host.add_address(op.after)
             elif op.kind == "address" and op.action == DELETE:
@@ -240,155 +200,13 @@ def execute(plan: Plan, host: RealServerHost, done: list[Op] | None = None) -> l
     return done
 
 
-def _hint(op: Op | None) -> str:
+def hint(op: Op | None) -> str:
     if op is None:
         return ""
     if op.kind == "module":
         return (" (l3-dsr needs the ipip module for tunl0: install the kernel's modules "
                 "package, or build ipip into the kernel)")
-    if op.kind == "link" and op.key == TUNNEL:
+    if op.kind == "link" and op.label == TUNNEL:
         return (" (ipip is loaded but this network namespace has no tunl0: check "
                 "net.core.fb_tunnels_only_for_init_net)")
     return ""
-
-
-EPILOG = """\
-examples:
-  pask realserver up --vip 10.99.100.1 --mode l2-dsr         VIP on lo, ARP suppressed
-  pask realserver up --vip 10.99.100.1 --mode l3-dsr         ipip, VIP on tunl0, rp_filter off
-  pask realserver up --vip 10.99.100.1 --mode l2-dsr --dry-run   print the plan only
-  pask realserver down --vip 10.99.100.1                     remove the VIP from lo / tunl0
-
-exit: 0 ok (no changes with --detailed-exitcode), 2 changes (only with
---detailed-exitcode), 1 error. `down` removes the VIPs only: sysctls, tunl0 and
-the ipip module are left as they are.
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .cli import ArgParser   # usage errors exit 1: 2 means "changes"
-
-    p = ArgParser(prog="pask realserver", description="Prepare a real server for L2 / L3 DSR "
-                "(direct routing / ipip tunnelling), or undo it.", epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{up,down}", required=True, parser_class=ArgParser)
-    for name, what in (("up", "add the VIPs and the settings the mode needs"),
-                       ("down", "remove the VIPs (sysctls, tunl0, ipip stay)")):
-        s = sub.add_parser(name, help=what, description=what)
-        s.add_argument("--vip", action="append", required=True, metavar="VIP",
-                       help="a virtual IP (IPv4) served through the load balancer; repeatable")
-        s.add_argument("--mode", choices=MODES, required=(name == "up"),
-                       help="l2-dsr (VIP on lo) or l3-dsr (VIP on tunl0)"
-                       + ("" if name == "up" else "; default: remove from both"))
-        s.add_argument("--dry-run", "--check", dest="dry_run", action="store_true",
-                       help="print the plan and change nothing")
-        s.add_argument("--detailed-exitcode", action="store_true",
-                       help="exit 0 when nothing changed (or would change), 2 when something did")
-        s.add_argument("--format", choices=("text", "json"), default="text")
-        s.add_argument("-q", "--quiet", action="store_true", help="print errors and warnings only")
-    return p
-
-
-def run(argv: Sequence[str] | None, host_factory: Callable[[], RealServerHost],
-        out: TextIO, err: TextIO) -> int:
-    """The whole command with the host injected (tests pass a fake)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (1)
-        return int(e.code or 0)
-    from .backend.base import BackendError
-
-    mode: str | None = args.mode
-    report: dict = {"command": args.command, "mode": mode, "vips": [], "dry_run": args.dry_run,
-                    "changed": False, "ops": [], "counts": {}, "plan_text": "",
-                    "verified": None, "drift": [], "errors": [], "warnings": [], "notes": []}
-
-    def say(text: str) -> None:
-        if args.format == "text" and not args.quiet and text:
-            print(text.rstrip("\n"), file=out)
-
-    def finish(code: int) -> int:
-        if args.format == "json":
-            print(json.dumps(report, indent=1, sort_keys=True), file=out)
-        return code
-
-    def fail(message: str) -> int:
-        report["errors"].append(message)
-        print(f"pask realserver: {message}", file=err)
-        return finish(EXIT_ERROR)
-
-    def planner(observed: HostObserved) -> Plan:
-        if args.command == "up":
-            return plan_up(mode, vips, observed)
-        return plan_down(vips, observed, mode)
-
-    try:
-        vips = parse_vips(args.vip)
-    except RealServerError as e:
-        return fail(str(e))
-    report["vips"] = list(vips)
-    keys = required_sysctls(mode) if args.command == "up" else {}
-    try:
-        host = host_factory()
-        observed = host.observe(keys)
-    except BackendError as e:
-        return fail(f"cannot read this host's links, addresses and sysctls: {e}")
-
-    plan = planner(observed)
-    report.update(changed=plan.changed, ops=[op_json(o) for o in plan.ops],
-                  counts=plan.counts(), plan_text=plan_text(plan))
-    report["warnings"] = warnings_for(mode if args.command == "up" else None, vips, observed)
-    if args.command == "down":
-        report["notes"].append(DOWN_NOTE)
-    for w in report["warnings"]:
-        print(w, file=err)
-    say(plan_text(plan))
-
-    if not args.dry_run and plan.changed:
-        if not host.can_change():
-            return fail("must run as root to change links, addresses and sysctls "
-                        "(use --dry-run to see the plan); nothing was changed")
-        done: list[Op] = []
-        try:
-            execute(plan, host, done)
-        except BackendError as e:
-            applied = (f"the {len(done)} op(s) before it were applied; re-run after fixing the cause"
-                       if done else "nothing was changed")
-            return fail(f"{op_line(e.op) if e.op else 'apply'}: failed: {e}{_hint(e.op)}; {applied}")
-        try:
-            remaining = planner(host.observe(keys))
-        except BackendError as e:
-            return fail(f"cannot verify: {e}")
-        report["verified"] = not remaining.changed
-        if remaining.changed:
-            report["drift"] = [op_json(o) for o in remaining.ops]
-            return fail("verify: this host still differs after apply:\n" + plan_text(remaining))
-
-    say(outcome(args.command, mode, vips, changed=plan.changed, dry_run=args.dry_run))
-    if args.command == "down" and plan.changed:
-        say(DOWN_NOTE)
-    return finish(EXIT_CHANGES if args.detailed_exitcode and plan.changed else EXIT_OK)
-
-
-def _linux_host() -> RealServerHost:
-    from .backend.realserver_host import LinuxRealServerHost
-    return LinuxRealServerHost()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `pask realserver ...` (argv without the leading 'realserver')."""
-    hosts: list = []
-
-    def factory() -> RealServerHost:
-        hosts.append(_linux_host())
-        return hosts[-1]
-
-    try:
-        return run(argv, factory, sys.stdout, sys.stderr)
-    finally:
-        for host in hosts:
-            getattr(host, "close", lambda: None)()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

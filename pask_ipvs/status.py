@@ -1,17 +1,19 @@
-"""pask-status: what the kernel is doing now, by service name, with health."""
+"""pask-status: what the kernel is doing now, by service name, with health (CLI: cli/status.py)."""
 
 from __future__ import annotations
 
-import json
-import sys
+from typing import TYPE_CHECKING
 
-from .kernel import DestStats, IpvsObserved, Stats
+from .objects import DestStats, IpvsObserved, Stats
+
+if TYPE_CHECKING:
+    from .backend.base import IpvsBackend
 
 
 def status_rows(ipvs: IpvsObserved, names: dict, health: dict, show_all: bool) -> list[dict]:
     """One row per (service, dest); a service with no dest gets one row with dest fields empty."""
+    from .health_file import health_key
     from .render.text import to_jsonable
-    from .state import health_key
 
     rows = []
     for key in sorted(ipvs.services):
@@ -50,24 +52,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
 
 
-def run_status(args) -> int:
-    from .backend.base import BackendError
-    from .backend.ipvs import IpvsNetlink
-    from .state import load_health, load_state
+def status_report(ipvs_backend: "IpvsBackend", state_file: str, health_file: str,
+                  show_all: bool = False) -> list[dict]:
+    """The rows pask-status shows, read from ``ipvs_backend`` (real or fake) with the
+    names of the state file and the health of the health file. Raises BackendError,
+    OSError or ValueError (a corrupt file)."""
+    from .health_file import load_health
+    from .state import load_state
 
-    try:
-        state = load_state(args.state_file)
-        health = load_health(args.health_file)
-        ipvs = IpvsNetlink().observe(stats=True)
-    except (BackendError, OSError, ValueError) as e:
-        print(f"pask-status: {e}", file=sys.stderr)
-        return 1
+    state = load_state(state_file)
+    health = load_health(health_file)
+    ipvs = ipvs_backend.observe(stats=True)
     names = {key: name for name, key in state.services.items()}
-    rows = status_rows(ipvs, names, health, args.all)
-    if args.format == "json":
-        print(json.dumps({"services": rows}, indent=1, sort_keys=True))
-    elif rows:
-        print(format_table(rows))
-    else:
-        print("No services owned by pask in the kernel (pask-status --all shows foreign ones).")
-    return 0
+    return status_rows(ipvs, names, health, show_all)

@@ -16,8 +16,9 @@ import re
 from importlib import resources
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from .errors import PathPart, Problem, format_path
-from .load import DEFAULT_HEALTH, DEFAULT_NAT_MODE, DEFAULT_PROTOCOL, LineMap, dotted_quad
+from .defaults import DEFAULT_HEALTH, DEFAULT_NAT_MODE, DEFAULT_PROTOCOL
+from .errors import Lines, PathPart, Problem, format_path
+from .objects import dotted_quad
 
 if TYPE_CHECKING:                 # imported where used: a valid config never needs jsonschema
     import jsonschema
@@ -45,7 +46,7 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(load_schema())
 
 
-def validate(data: object, lines: LineMap, source: str) -> list[Problem]:
+def validate(data: object, lines: Lines, source: str) -> list[Problem]:
     """Every problem in ``data`` (schema and semantic), each with its file line."""
     issues = list(schema_issues(data))
     issues += semantic_issues(data, lines)
@@ -325,7 +326,7 @@ _MASK_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
 class _Semantics:
     """Checks that relate values; each appends (path, message) to ``issues``."""
 
-    def __init__(self, lines: LineMap):
+    def __init__(self, lines: Lines):
         self.lines = lines
         self.issues: list[Issue] = []
 
@@ -514,48 +515,59 @@ class _Semantics:
 
     # -- across services ----------------------------------------------------------
     def services(self, services: list) -> None:
-        names: dict[str, int] = {}
-        endpoints: dict[tuple, int] = {}
-        marks: dict[int, int] = {}
+        rows: list[tuple[object, object, object]] = []
         for i, svc in enumerate(services):
             if not isinstance(svc, dict):
+                rows.append((None, None, None))
                 continue
-            p: Path = ("services", i)
-            self.service(p, svc)
+            self.service(("services", i), svc)
             name = svc.get("name")
-            if isinstance(name, str):
-                first = names.setdefault(name, i)
-                if first != i:
-                    self.add(p + ("name",), f"duplicate service name {name!r} "
-                                            f"(first at line {self.lines.line(('services', first, 'name'))}; "
-                                            "names must be unique)")
-            label = repr(name) if isinstance(name, str) else f"#{i}"
-            filters = svc.get("filters")
             vip = svc.get("vip")
             vip_addr = _parse_address(vip) if isinstance(vip, str) else None
             port = _int(svc.get("port"), 0, 65535)
             proto = _choice(svc, "protocol", DEFAULT_PROTOCOL, ("tcp", "udp", "sctp"))
-            if (not filters and isinstance(vip_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+            endpoint = None
+            if (not svc.get("filters") and isinstance(vip_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address))
                     and port is not None and proto is not None):
-                key = (vip_addr, port, proto)
-                first = endpoints.setdefault(key, i)
-                if first != i:
-                    other = services[first].get("name")
-                    self.add(p, f"service {label} uses {_hostport(vip_addr, port)}/{proto} like service "
-                                f"{other!r} (line {self.lines.line(('services', first))}); a VIP, port "
-                                "and protocol belong to one service (allowed: another port or "
-                                "protocol, or filters)")
+                endpoint = (vip_addr, port, proto)
             mark = _int(svc.get("fwmark"), 1, 0xFFFFFFFF) if "fwmark" in svc else None
-            if mark is not None:
-                first = marks.setdefault(mark, i)
+            rows.append((name if isinstance(name, str) else None, endpoint, mark))
+        for rule, i, first in service_clashes(rows):
+            p: Path = ("services", i)
+            name, endpoint, mark = rows[i]
+            other = services[first].get("name")
+            if rule == "name":
+                self.add(p + ("name",), f"duplicate service name {name!r} "
+                                        f"(first at line {self.lines.line(('services', first, 'name'))}; "
+                                        "names must be unique)")
+            elif rule == "endpoint":
+                label = repr(name) if name is not None else f"#{i}"
+                vip_addr, port, proto = endpoint      # type: ignore[misc]
+                self.add(p, f"service {label} uses {_hostport(vip_addr, port)}/{proto} like service "
+                            f"{other!r} (line {self.lines.line(('services', first))}); a VIP, port "
+                            "and protocol belong to one service (allowed: another port or "
+                            "protocol, or filters)")
+            else:
+                self.add(p + ("fwmark",), f"fwmark {mark} is already used by service {other!r} "
+                                          f"(line {self.lines.line(('services', first, 'fwmark'))}); "
+                                          "each service needs its own fwmark")
+
+
+def service_clashes(rows: Sequence[tuple[object, object, object]]) -> Iterator[tuple[str, int, int]]:
+    """The rules between services, in one place (validation here; the config cache, on
+    models): each row is a service's (name, VIP + port + protocol of a service without
+    filters, fwmark), None where there is nothing to compare. Yields (rule, i, first)
+    for each service i that repeats what service ``first`` already has."""
+    seen: tuple[dict, dict, dict] = ({}, {}, {})
+    for i, row in enumerate(rows):
+        for rule, key, firsts in zip(("name", "endpoint", "fwmark"), row, seen):
+            if key is not None:
+                first = firsts.setdefault(key, i)
                 if first != i:
-                    other = services[first].get("name")
-                    self.add(p + ("fwmark",), f"fwmark {mark} is already used by service {other!r} "
-                                              f"(line {self.lines.line(('services', first, 'fwmark'))}); "
-                                              "each service needs its own fwmark")
+                    yield rule, i, first
 
 
-def semantic_issues(data: object, lines: LineMap) -> list[Issue]:
+def semantic_issues(data: object, lines: Lines) -> list[Issue]:
     """Stage 2: rules the schema cannot express. Values the schema rejected are skipped."""
     checker = _Semantics(lines)
     if isinstance(data, dict) and isinstance(data.get("services"), list):

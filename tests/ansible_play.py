@@ -82,7 +82,9 @@ def run_playbook(playbook: str | Path, work: Path, *flags: str, inventory: str =
         wrapper.chmod(0o755)
         binary = str(wrapper)
     env = {"ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"), "ANSIBLE_DEPRECATION_WARNINGS": "0",
+           # temp dirs of the run, not of the user running it (whose home may not exist)
+           "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"), "ANSIBLE_REMOTE_TMP": str(work / "ansible-remote-tmp"),
+           "ANSIBLE_DEPRECATION_WARNINGS": "0",
            "ANSIBLE_PIPELINING": "1", "ANSIBLE_HOST_KEY_CHECKING": "0",
            # the venv's own commands first (the role runs `python -m venv`, pask, ...)
            "PATH": f"{playbook_exe.parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

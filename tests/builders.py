@@ -12,9 +12,13 @@ def rs(addr: str, port: int = 80, weight: int = 1, state: str = "enabled", expli
     return RealServer(addr, port, weight, ServerState(state), explicit)
 
 
-def svc(name: str = "web", vip: str = "10.99.100.1", port: int = 80, *, proto: str = "tcp",
-        sched: str = "rr", mode: str = "dest-nat", servers=None, persistence=None,
-        filters=(), on_failure: str = "inhibit", snat_ip=None, local_networks=(), fwmark=None):
+def svc(name: str = "web", vip: str = "10.99.100.1", port: int = 80,
+        proto: str | Protocol = "tcp", mode: str | NatMode = "dest-nat", *,
+        sched: str = "rr", servers=None, persistence=None, filters=(),
+        on_failure: str | OnFailure = "inhibit", snat_ip=None, local_networks=(), fwmark=None,
+        health: Health | None = None) -> Service:
+    """A service as the model holds it; two real servers on ``port`` unless given.
+    Enums or their values for proto, mode and on_failure; persistence as (timeout, netmask)."""
     if servers is None:
         servers = [rs("10.99.2.11", port), rs("10.99.2.12", port)]
     return Service(
@@ -22,7 +26,8 @@ def svc(name: str = "web", vip: str = "10.99.100.1", port: int = 80, *, proto: s
         nat_mode=NatMode(mode), real_servers=tuple(servers), snat_ip=snat_ip,
         local_networks=tuple(local_networks),
         persistence=Persistence(*persistence) if persistence else None,
-        filters=tuple(filters), health=Health(), on_failure=OnFailure(on_failure), fwmark=fwmark)
+        filters=tuple(filters), health=health or Health(), on_failure=OnFailure(on_failure),
+        fwmark=fwmark)
 
 
 def include(**kw) -> Filter:
@@ -48,10 +53,25 @@ def many(n: int, m: int) -> Config:
     return config(*services)
 
 
+# -- config files as text ------------------------------------------------------------------
+
+def yaml_service(i: int, servers: int = 3, indent: str = "  ", **extra) -> str:
+    """Item ``i`` of a ``services:`` list in block style (VIP 10.99.128.i+1, servers 10.99.i.*)."""
+    lines = [f"{indent}- name: svc-{i}", f"{indent}  vip: 10.99.128.{i + 1}", f"{indent}  port: 80"]
+    lines += [f"{indent}  {k}: {v}" for k, v in extra.items()]
+    lines.append(f"{indent}  real_servers:")
+    lines += [f"{indent}    - {{address: 10.99.{i}.{j + 1}, port: 8080}}" for j in range(servers)]
+    return "\n".join(lines) + "\n"
+
+
+def yaml_config(n: int = 10, indent: str = "  ", head: str = "version: 1\n") -> str:
+    return head + "services:\n" + "".join(yaml_service(i, indent=indent) for i in range(n))
+
+
 # -- IPVS ops as the planner makes them (kind and key from the object) -----------------------
 
 def _ipvs_kind(value) -> str:
-    from pask_ipvs.kernel import IpvsService
+    from pask_ipvs.objects import IpvsService
     return "service" if isinstance(value, IpvsService) else "dest"
 
 

@@ -52,11 +52,8 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def kernel(monkeypatch):
-    """An in-memory kernel (the fakes) behind every pask-apply the test runs in-process."""
-    from pask_ipvs import cli
+def kernel():
+    """An in-memory kernel (the fakes): give it to a pask command as ``backends=lambda: kernel``."""
     from pask_ipvs.backend.fake import fake_backends
 
-    b = fake_backends()
-    monkeypatch.setattr(cli, "_backends", lambda offline: b)
-    return b
+    return fake_backends()

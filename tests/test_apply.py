@@ -8,22 +8,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from builders import config, exclude, include, many, rs, svc
-from pask_ipvs.apply import (
-    execute, observe, observe_after, preflight, reconcile as run_reconcile, touched_services, verify,
-)
+from pask_ipvs.apply import execute, preflight
 from pask_ipvs.backend.fake import fake_backends, kernel_writes
 from pask_ipvs.desired import expand
-from pask_ipvs.kernel import DestKey, IpvsDest, IpvsService, ServiceKey
+from pask_ipvs.fwmarks import fwmarks_for as allocate
+from pask_ipvs.objects import DestKey, IpvsDest, IpvsService, ServiceKey
+from pask_ipvs.observe import observe, observe_after, touched_services
+from pask_ipvs.pipeline import reconcile as run_reconcile
 from pask_ipvs.plan import Op, diff
-from pask_ipvs.state import PaskState, allocate_fwmarks
+from pask_ipvs.state import PaskState
+from pask_ipvs.verify import verify
 
 FOREIGN = ServiceKey.virtual("tcp", "10.99.50.1", 80)
 
 
 def fwmarks_for(cfg, state=None):
-    return allocate_fwmarks([s.name for s in cfg.services if s.uses_fwmark],
-                            {s.name: s.fwmark for s in cfg.services if s.fwmark},
-                            (state or PaskState()).fwmarks)
+    return allocate(cfg, (state or PaskState()).fwmarks)
 
 
 def reconcile(cfg, b, state=None):
@@ -126,7 +126,7 @@ def _reweigh(cfg, index: int, weight: int):
 
 
 def _run(cfg, b, state, **kw):
-    """One pask-apply run as cli.py makes it (observe, then reconcile); reads counted from here."""
+    """One pask-apply run as pipeline.py makes it (observe, then reconcile); reads counted from here."""
     b.ipvs.observe_calls, b.ipvs.observe_services_calls = 0, []
     marks = fwmarks_for(cfg, state)
     desired = expand(cfg, marks)

@@ -1,11 +1,11 @@
-"""expand(): PAS-K concepts -> kernel objects (design.md's mapping table)."""
+"""expand(): PAS-K concepts -> kernel objects (docs/design.md "Mapping")."""
 
 import pytest
 
 from builders import config, include, rs, svc
 from pask_ipvs.desired import effective_weights, expand
-from pask_ipvs.kernel import FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestKey, ServiceKey, VipAddress
-from pask_ipvs.state import health_key
+from pask_ipvs.health_file import health_key
+from pask_ipvs.objects import FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestKey, ServiceKey, VipAddress
 
 KEY = ServiceKey.virtual("tcp", "10.99.100.1", 80)
 

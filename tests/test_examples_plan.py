@@ -5,11 +5,13 @@ import os
 
 import pytest
 
-from pask_ipvs.apply import observe, reconcile
 from pask_ipvs.backend.fake import fake_backends
 from pask_ipvs.desired import expand
+from pask_ipvs.fwmarks import fwmarks_for
 from pask_ipvs.load import load_config
-from pask_ipvs.state import PaskState, allocate_fwmarks
+from pask_ipvs.observe import observe
+from pask_ipvs.pipeline import reconcile
+from pask_ipvs.state import PaskState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = sorted(p for p in glob.glob(os.path.join(ROOT, "examples", "*.yaml"))
@@ -17,8 +19,7 @@ EXAMPLES = sorted(p for p in glob.glob(os.path.join(ROOT, "examples", "*.yaml"))
 
 
 def converge(config, b, state):
-    marks = allocate_fwmarks([s.name for s in config.services if s.uses_fwmark],
-                             {s.name: s.fwmark for s in config.services if s.fwmark}, state.fwmarks)
+    marks = fwmarks_for(config, state.fwmarks)
     desired = expand(config, marks)
     return reconcile(desired, observe(desired, b), state, marks, b)
 

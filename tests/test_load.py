@@ -7,11 +7,11 @@ import ipaddress
 import pytest
 import yaml
 
-from pask_ipvs.errors import ConfigError, Problem, format_path, parse_path
 from pask_ipvs import load as load_module
-from pask_ipvs.load import (
-    HEALTH_PARAMS, LineMap, _Loader, build_model, load_config, load_document, parse_document,
-)
+from pask_ipvs.defaults import HEALTH_PARAMS
+from pask_ipvs.errors import ConfigError, Problem, format_path, parse_path
+from pask_ipvs.load import LineMap, _Loader, load_config, load_document, parse_document
+from pask_ipvs.model import build_model
 from pask_ipvs.model import (
     Config, FilterAction, Health, NatMode, OnFailure, Persistence, PortRange, Protocol, ServerState,
 )

@@ -1,9 +1,8 @@
 """diff(desired, observed): ordering, ownership, drift, drain — pure, no kernel."""
 
 
-from pask_ipvs.kernel import (
-    DestKey, DestStats, Desired, IpvsDest, IpvsObserved, IpvsService, LinkObserved, NftObserved,
-    NftTable, Observed, ServiceKey, VipAddress,
+from pask_ipvs.objects import (
+    DestKey, DestStats, Desired, IpvsDest, IpvsObserved, IpvsService, LinkObserved, NftObserved, NftTable, Observed, ServiceKey, VipAddress,
 )
 from pask_ipvs.plan import PHASES, Op, Plan, diff, diff_dests
 from pask_ipvs.state import PaskState

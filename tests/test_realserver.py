@@ -1,23 +1,20 @@
-"""`pask realserver`: plans, idempotence, dry run, undo and errors on a fake host; the real
-backend in a network namespace of this host (root, marked netns)."""
+"""`pask realserver`: plans, idempotence, dry run, undo and errors on a fake host (the real
+backend, in a network namespace: integration/host/test_realserver_netns.py)."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from pask_ipvs.backend.realserver_host import FakeRealServerHost
-from pask_ipvs.kernel import VipAddress
+from pask_ipvs.objects import VipAddress
 from pask_ipvs.realserver import (
-    DOWN_NOTE, HostObserved, RealServerError, parse_vips, plan_down, plan_up, required_sysctls, run,
-    warnings_for,
+    DOWN_NOTE, RealServerError, parse_vips, plan_down, plan_up, required_sysctls, warnings_for,
 )
+from pask_ipvs.cli.realserver import run
+from pask_ipvs.objects import HostObserved
 
 VIP, VIP2 = "10.99.100.1", "10.99.100.2"
 
@@ -38,7 +35,7 @@ def call_json(host: FakeRealServerHost, *argv: str) -> tuple[int, dict]:
 def test_l2_plan_on_a_fresh_namespace_orders_sysctls_before_the_vip():
     host = FakeRealServerHost()
     plan = plan_up("l2-dsr", [VIP], host.observe(required_sysctls("l2-dsr")))
-    assert [(op.action, op.kind, op.key, op.after) for op in plan.ops] == [
+    assert [(op.action, op.kind, op.label, op.after) for op in plan.ops] == [
         ("set", "link", "lo", "up"),
         ("set", "sysctl", "net.ipv4.conf.all.arp_ignore", "1"),
         ("set", "sysctl", "net.ipv4.conf.all.arp_announce", "2"),
@@ -51,7 +48,7 @@ def test_l2_plan_on_a_fresh_namespace_orders_sysctls_before_the_vip():
 def test_l3_plan_loads_ipip_first_and_puts_the_vip_on_tunl0():
     host = FakeRealServerHost()
     plan = plan_up("l3-dsr", [VIP], host.observe(required_sysctls("l3-dsr")))
-    kinds = [(op.kind, op.key) for op in plan.ops]
+    kinds = [(op.kind, op.label) for op in plan.ops]
     assert kinds[0] == ("module", "ipip")
     assert ("link", "tunl0") in kinds and ("link", "lo") not in kinds
     assert ("sysctl", "net.ipv4.conf.tunl0.rp_filter") in kinds
@@ -78,9 +75,9 @@ def test_down_removes_only_the_vips_and_by_default_from_lo_and_tunl0():
     have = frozenset({VipAddress("lo", VIP, 32), VipAddress("tunl0", VIP, 32),
                       VipAddress("lo", "127.0.0.1", 8), VipAddress("tunl0", VIP2, 32)})
     observed = HostObserved({"lo": True, "tunl0": True}, have, {})
-    assert [op.key for op in plan_down([VIP], observed).ops] == [
+    assert [op.label for op in plan_down([VIP], observed).ops] == [
         "10.99.100.1/32 dev lo", "10.99.100.1/32 dev tunl0"]
-    assert [op.key for op in plan_down([VIP], observed, "l3-dsr").ops] == ["10.99.100.1/32 dev tunl0"]
+    assert [op.label for op in plan_down([VIP], observed, "l3-dsr").ops] == ["10.99.100.1/32 dev tunl0"]
     assert all(op.action == "delete" and op.kind == "address" for op in plan_down([VIP], observed).ops)
 
 
@@ -107,7 +104,7 @@ def test_up_l2_applies_then_second_run_changes_nothing():
     assert code == 2, err
     assert "+ address 10.99.100.1/32 dev lo" in out
     assert "~ sysctl net.ipv4.conf.all.arp_ignore = 1 (was 0)" in out
-    assert "~ link lo up (was down)" in out
+    assert "~ link lo down -> up" in out
     assert "Applied and verified" in out
     assert VipAddress("lo", VIP, 32) in host.addresses and host.links["lo"]
     assert all(host.sysctls[k] == v for k, v in required_sysctls("l2-dsr").items())
@@ -152,8 +149,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing():
     code, out, err = call(host, "up", "--vip", VIP, "--mode", "l3-dsr", "--dry-run",
                           "--detailed-exitcode")
     assert code == 2, err
-    assert "+ module ipip (creates tunl0)" in out
-    assert "~ link tunl0 up (was absent)" in out
+    assert "+ module ipip  (creates tunl0)" in out
+    assert "~ link tunl0 absent -> up" in out
     assert "+ address 10.99.100.1/32 dev tunl0" in out
     assert "Dry run: nothing was changed." in out
     assert host.changes == [] and "tunl0" not in host.links
@@ -260,7 +257,8 @@ def test_a_vip_on_eth0_is_warned_about_on_stderr():
 
 
 def test_pask_umbrella_dispatches_realserver(monkeypatch, capsys):
-    from pask_ipvs import cli, realserver
+    from pask_ipvs import cli
+    from pask_ipvs.cli import realserver
 
     host = FakeRealServerHost()
     monkeypatch.setattr(realserver, "_linux_host", lambda: host)
@@ -268,74 +266,3 @@ def test_pask_umbrella_dispatches_realserver(monkeypatch, capsys):
                      "--detailed-exitcode"]) == 2
     assert VipAddress("lo", VIP, 32) in host.addresses
     assert "Applied and verified" in capsys.readouterr().out
-
-
-# -- the real backend, in a network namespace of this host (root; no VM needed) -------------
-
-def _netns_realserver(ns: str, *args: str) -> subprocess.CompletedProcess:
-    root = Path(__file__).resolve().parent.parent
-    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "pask_ipvs.cli", "realserver",
-                           *args], capture_output=True, text=True, timeout=120, cwd=root)
-
-
-@pytest.fixture
-def fresh_netns():
-    if os.geteuid() != 0:
-        pytest.fail("this test needs root (it creates a network namespace): run the suite as root")
-    ns = f"pask-rs-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-
-
-def _ns_sysctl(ns: str, key: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/sys/" + key.replace(".", "/")],
-                          capture_output=True, text=True, check=True).stdout.strip()
-
-
-def _ns_addrs(ns: str, dev: str) -> set[str]:
-    out = subprocess.run(["ip", "-n", ns, "-j", "-4", "addr", "show", "dev", dev],
-                         capture_output=True, text=True, check=True).stdout
-    return {f"{a['local']}/{a['prefixlen']}" for link in json.loads(out or "[]")
-            for a in link.get("addr_info", [])}
-
-
-@pytest.mark.netns
-def test_linux_host_l2_dsr_in_a_network_namespace(fresh_netns):
-    ns = fresh_netns
-    cp = _netns_realserver(ns, "up", "--vip", VIP, "--mode", "l2-dsr", "--detailed-exitcode")
-    assert cp.returncode == 2, cp.stderr + cp.stdout
-    assert "~ link lo up (was down)" in cp.stdout and "Applied and verified" in cp.stdout
-    assert f"{VIP}/32" in _ns_addrs(ns, "lo")
-    for key, value in required_sysctls("l2-dsr").items():
-        assert _ns_sysctl(ns, key) == value, key
-
-    again = _netns_realserver(ns, "up", "--vip", VIP, "--mode", "l2-dsr", "--detailed-exitcode")
-    assert again.returncode == 0 and again.stdout.startswith("No changes"), again.stderr + again.stdout
-
-    down = _netns_realserver(ns, "down", "--vip", VIP, "--detailed-exitcode", "--format", "json")
-    assert down.returncode == 2, down.stderr + down.stdout
-    assert json.loads(down.stdout)["verified"] is True
-    assert f"{VIP}/32" not in _ns_addrs(ns, "lo")
-    assert _ns_sysctl(ns, "net.ipv4.conf.all.arp_ignore") == "1"     # down leaves sysctls
-
-
-@pytest.mark.netns
-def test_linux_host_l3_dsr_without_changing_this_hosts_kernel(fresh_netns):
-    """Loading ipip is global (it adds tunl0 to every namespace, the host's too), so
-    here it is only planned; a kernel that cannot load it gives the clear error."""
-    ns = fresh_netns
-    dry = _netns_realserver(ns, "up", "--vip", VIP, "--mode", "l3-dsr", "--dry-run", "--format", "json")
-    assert dry.returncode == 0, dry.stderr + dry.stdout
-    kinds = [(op["kind"], op["key"]) for op in json.loads(dry.stdout)["ops"]]
-    assert ("address", f"{VIP}/32 dev tunl0") in kinds
-    loaded = os.path.isdir("/sys/module/ipip")
-    assert (("module", "ipip") in kinds) is (not loaded)
-    loadable = subprocess.run(["modprobe", "-n", "-q", "ipip"], capture_output=True).returncode == 0
-    if not loaded and not loadable:
-        cp = _netns_realserver(ns, "up", "--vip", VIP, "--mode", "l3-dsr")
-        assert cp.returncode == 1
-        assert "modprobe ipip" in cp.stderr and "l3-dsr needs the ipip module" in cp.stderr, cp.stderr
-        assert _ns_addrs(ns, "lo") == set()

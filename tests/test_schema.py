@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pask_ipvs import load, model
+from pask_ipvs import defaults, load, model
 from pask_ipvs.validate import (
     FAST_DEF, _def_schema, _translate, _validator, load_schema, passes, schema_issues,
 )
@@ -68,7 +68,7 @@ def test_enums_match_the_model():
     assert svc["on_failure"]["enum"] == [m.value for m in model.OnFailure]
     assert defs()["real_server"]["properties"]["state"]["enum"] == [s.value for s in model.ServerState]
     assert defs()["filter"]["properties"]["action"]["enum"] == [a.value for a in model.FilterAction]
-    assert set(defs()["health"]["properties"]["type"]["enum"]) == set(load.HEALTH_PARAMS)
+    assert set(defs()["health"]["properties"]["type"]["enum"]) == set(defaults.HEALTH_PARAMS)
 
 
 def test_defaults_match_build_model():
@@ -76,39 +76,39 @@ def test_defaults_match_build_model():
     svc = defs()["service"]["properties"]
     rs = defs()["real_server"]["properties"]
     health = defs()["health"]["properties"]
-    assert top["vip_interface"]["default"] == load.DEFAULT_VIP_INTERFACE
-    assert top["drain_timeout"]["default"] == load.DEFAULT_DRAIN_TIMEOUT
-    assert svc["protocol"]["default"] == load.DEFAULT_PROTOCOL
-    assert svc["scheduler"]["default"] == load.DEFAULT_SCHEDULER
-    assert svc["nat_mode"]["default"] == load.DEFAULT_NAT_MODE
-    assert svc["on_failure"]["default"] == load.DEFAULT_ON_FAILURE
-    assert rs["weight"]["default"] == load.DEFAULT_WEIGHT
-    assert rs["state"]["default"] == load.DEFAULT_STATE
-    for key, value in load.DEFAULT_HEALTH.items():
+    assert top["vip_interface"]["default"] == defaults.DEFAULT_VIP_INTERFACE
+    assert top["drain_timeout"]["default"] == defaults.DEFAULT_DRAIN_TIMEOUT
+    assert svc["protocol"]["default"] == defaults.DEFAULT_PROTOCOL
+    assert svc["scheduler"]["default"] == defaults.DEFAULT_SCHEDULER
+    assert svc["nat_mode"]["default"] == defaults.DEFAULT_NAT_MODE
+    assert svc["on_failure"]["default"] == defaults.DEFAULT_ON_FAILURE
+    assert rs["weight"]["default"] == defaults.DEFAULT_WEIGHT
+    assert rs["state"]["default"] == defaults.DEFAULT_STATE
+    for key, value in defaults.DEFAULT_HEALTH.items():
         assert health[key]["default"] == value, key
-    for params in load.HEALTH_PARAMS.values():
+    for params in defaults.HEALTH_PARAMS.values():
         for key, value in params.items():
             if value is not None:
                 expected = list(value) if isinstance(value, tuple) else value
                 assert health[key]["default"] == expected, key
     # and the model's own defaults agree too
-    assert model.Config((),).vip_interface == load.DEFAULT_VIP_INTERFACE
-    assert model.RealServer("10.99.2.1", 80).weight == load.DEFAULT_WEIGHT
-    assert model.Health().interval == load.DEFAULT_HEALTH["interval"]
+    assert model.Config((),).vip_interface == defaults.DEFAULT_VIP_INTERFACE
+    assert model.RealServer("10.99.2.1", 80).weight == defaults.DEFAULT_WEIGHT
+    assert model.Health().interval == defaults.DEFAULT_HEALTH["interval"]
 
 
 def test_health_keys_allowed_per_type_match_the_loader():
     """Each type-specific key is forbidden (in the schema) exactly for the types that lack it
-    in load.HEALTH_PARAMS."""
-    types = set(load.HEALTH_PARAMS)
+    in defaults.HEALTH_PARAMS."""
+    types = set(defaults.HEALTH_PARAMS)
     allowed: dict[str, set[str]] = {}
     for rule in defs()["health"]["allOf"]:
         cond = rule["if"]["properties"]["type"]
         when = set(cond["enum"]) if "enum" in cond else {cond["const"]}
         for key in rule["else"]["properties"]:
             allowed[key] = when
-    expected = {key: {t for t, p in load.HEALTH_PARAMS.items() if key in p}
-                for p in load.HEALTH_PARAMS.values() for key in p}
+    expected = {key: {t for t, p in defaults.HEALTH_PARAMS.items() if key in p}
+                for p in defaults.HEALTH_PARAMS.values() for key in p}
     assert allowed == expected
     assert all(when <= types for when in allowed.values())
 

@@ -1,13 +1,16 @@
 """pask-status: rows by service name, health and counters; foreign services only with --all."""
 
 import json
-from types import SimpleNamespace
 
 from pask_ipvs import status
+from pask_ipvs.backend.base import Backends
 from pask_ipvs.backend.fake_ipvs import FakeIpvs
-from pask_ipvs.kernel import DestKey, IpvsDest, IpvsService, ServiceKey
+from pask_ipvs.cli.status import main as status_main
+from pask_ipvs.health_file import health_key
+from pask_ipvs.objects import DestKey, IpvsDest, IpvsService, ServiceKey
 from pask_ipvs.plan import Op
-from pask_ipvs.state import PaskState, health_key, save_state, write_json_atomic
+from pask_ipvs.state import PaskState, save_state
+from pask_ipvs.storage import write_json_atomic
 
 WEB = ServiceKey.virtual("tcp", "10.99.100.1", 80)
 FOREIGN = ServiceKey.virtual("tcp", "10.99.50.1", 80)
@@ -41,14 +44,13 @@ def test_foreign_services_only_with_all():
     assert ("(foreign)", None) in [(r["service"], r["server"]) for r in rows]
 
 
-def test_run_status_json(tmp_path, monkeypatch, capsys):
+def test_pask_status_json_against_a_given_kernel(tmp_path, capsys):
     k = kernel()
-    monkeypatch.setattr("pask_ipvs.backend.ipvs.IpvsNetlink", lambda: k)
     save_state(str(tmp_path / "s.json"), PaskState(services={"web": WEB}))
     write_json_atomic(str(tmp_path / "h.json"), {"version": 1, "servers": {
         health_key("web", "10.99.2.11", 8080): {"up": True}}})
-    args = SimpleNamespace(state_file=str(tmp_path / "s.json"), health_file=str(tmp_path / "h.json"),
-                           format="json", all=False)
-    assert status.run_status(args) == 0
+    argv = ["--state-file", str(tmp_path / "s.json"), "--health-file", str(tmp_path / "h.json"),
+            "--format", "json"]
+    assert status_main(argv, backends=lambda: Backends(ipvs=k, nft=None, addr=None, sysctl=None)) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [r["health"] for r in doc["services"]] == ["up", "unknown"]

@@ -507,7 +507,7 @@ _octet = _st.one_of(_st.integers(0, 255).map(str), _st.integers(0, 999).map(str)
 @_given(_st.one_of(_st.lists(_octet, min_size=1, max_size=6).map(".".join), _st.text(max_size=20)))
 def test_address_fast_path_agrees_with_ipaddress(text):
     import ipaddress
-    from pask_ipvs.load import canonical_address
+    from pask_ipvs.objects import canonical_address
     from pask_ipvs.validate import _parse_address
     try:
         want = ipaddress.ip_address(text)

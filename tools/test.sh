@@ -3,9 +3,11 @@
 #
 #   1. tools/setup.sh        Debian packages + .venv (fast when already done)
 #   2. lint                  ansible-lint (profile production, offline) on the role and playbooks
-#   3. unit tests            .venv/bin/python -m pytest tests/   (as root, so the
-#                            netns-marked tests run too; they never skip)
-#   4. integration tests     integration/run: real IPVS + real traffic, in one
+#   3. unit tests            .venv/bin/python -m pytest tests/, as the unprivileged user
+#                            nobody: pure, fakes only, no root and no kernel
+#   4. host tests            pytest integration/host/ as root: network namespaces and
+#                            nftables of this kernel (no IPVS needed, so no VM)
+#   5. integration tests     integration/run: real IPVS + real traffic, in one
 #                            test VM when this kernel has no IPVS
 #
 # Run as root.  Exits non-zero if any stage fails (a stage that runs no test
@@ -72,10 +74,28 @@ summary() {
 
 if ! stage setup - tools/setup.sh; then summary; exit 1; fi
 stage lint - env PATH="$ROOT/.venv/bin:$PATH" sh -c 'cd ansible && exec ansible-lint --offline --nocolor'
-mkdir -p build/unit
-rm -f build/unit/junit.xml
-stage unit build/unit/junit.xml .venv/bin/python -m pytest tests/ -p no:cacheprovider \
-    --junitxml=build/unit/junit.xml "$@"
+# The unit tests run as nobody, to prove they need no privilege; their scratch files
+# (JUnit XML, pytest's and hypothesis' temp data) go to a directory nobody owns.
+unit_tests() {
+    local tmp
+    tmp=$(mktemp -d /tmp/pask-unit.XXXXXX) && chown 65534:65534 "$tmp" || return 1
+    local as=(setpriv --reuid=65534 --regid=65534 --clear-groups
+              env HOME="$tmp" TMPDIR="$tmp" HYPOTHESIS_STORAGE_DIRECTORY="$tmp/hypothesis")
+    if ! "${as[@]}" test -r "$ROOT/pask_ipvs/__init__.py" -a -x "$ROOT/.venv/bin/python"; then
+        echo "tools/test.sh: $ROOT is not readable by the user nobody: the unit tests run as root" >&2
+        as=(env HYPOTHESIS_STORAGE_DIRECTORY="$tmp/hypothesis")
+    fi
+    "${as[@]}" .venv/bin/python -m pytest tests/ -p no:cacheprovider --junitxml="$tmp/junit.xml" "$@"
+    local rc=$?
+    cp "$tmp/junit.xml" build/unit/junit.xml 2>/dev/null
+    rm -rf "$tmp"
+    return $rc
+}
+mkdir -p build/unit build/host
+rm -f build/unit/junit.xml build/host/junit.xml
+stage unit build/unit/junit.xml unit_tests "$@"
+stage host build/host/junit.xml .venv/bin/python -m pytest integration/host -p no:cacheprovider \
+    --junitxml=build/host/junit.xml "$@"
 stage integration "${PASK_RESULTS_DIR:-$ROOT/build/integration}/junit.xml" integration/run --durations=10 "$@"
 summary
 exit

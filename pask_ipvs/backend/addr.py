@@ -6,7 +6,7 @@ import errno
 import json
 import subprocess
 
-from ..kernel import LinkObserved, VipAddress
+from ..objects import LinkObserved, VipAddress
 from .base import BackendError
 
 

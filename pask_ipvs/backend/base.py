@@ -11,7 +11,7 @@ import errno as _errno
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
 
-from ..kernel import IpvsObserved, LinkObserved, NftObserved, NftTable, ServiceKey, VipAddress
+from ..objects import IpvsObserved, LinkObserved, NftObserved, NftTable, ServiceKey, VipAddress
 
 
 class BackendError(Exception):
@@ -36,9 +36,9 @@ class IpvsBackend(Protocol):
         A key the kernel does not hold is simply absent from the result. Costs what
         the keys cost, not the whole table: verify reads back what an apply wrote."""
 
-    def fingerprint(self) -> dict[ServiceKey, bytes] | None:
-        """Service -> the digest observe() puts in ``fingerprints``, read without decoding
-        every dest (the no-op fast path); None when this kernel cannot be fingerprinted."""
+    def service_digests(self) -> dict[ServiceKey, bytes] | None:
+        """Service -> the digest observe() puts in ``service_digests``, read without decoding
+        every dest (the no-op fast path); None when this kernel cannot be digested."""
 
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
         """Run service/dest ops in order (batched). The kernel goes on after a failed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from typing import Iterable
 
-from ..kernel import LinkObserved, VipAddress
+from ..objects import LinkObserved, VipAddress
 from .base import BackendError
 
 

@@ -1,9 +1,9 @@
 """An in-memory IPVS table that behaves like the kernel, for unit tests and offline plans.
 
 Same protocol as IpvsNetlink, same errno for each conflict (measured on
-Debian's 6.1 kernel; kernel_conflicts() below is the table that
-tests/test_fake_ipvs.py holds the fake to and integration/test_ipvs_backend.py
-holds the kernel to):
+Debian's 6.1 kernel; tests/kernel_cases.py ipvs_conflicts() is the table that
+the unit tests hold the fake to and integration/test_ipvs_backend.py holds the
+kernel to):
 
 | request                                        | errno  |
 |------------------------------------------------|--------|
@@ -30,12 +30,11 @@ import socket
 from dataclasses import replace
 from typing import Iterable, Sequence
 
-from ..kernel import (
+from ..objects import (
     FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestKey, DestStats, IpvsDest, IpvsObserved, IpvsService,
-    ServiceKey, Stats,
+    ServiceKey, Stats, family_of,
 )
-from ..plan import Op
-from . import ipvs_codec as wire
+from . import ipvs_codec as wire, ipvs_scan as scan, netlink as nl
 from .base import BackendError
 from .ipvs import describe_op, errno_text
 
@@ -45,41 +44,6 @@ KERNEL_SCHEDULERS = frozenset(
 LINUX_6_1_SCHEDULERS = KERNEL_SCHEDULERS - {"twos"}
 SCHEDNAME_MAXLEN = 16            # IP_VS_SCHEDNAME_MAXLEN, including the NUL
 NO_SCHEDULER = "none"            # the kernel accepts "none": a service that schedules nothing
-
-
-def kernel_conflicts(svc: IpvsService, dest: IpvsDest) -> dict[str, tuple[object, int]]:
-    """Conflicting requests against a table that holds ``svc`` (an IPv4 service) and
-    ``dest`` (one of its dests) -> (op, the errno Linux 6.1 answers). The unit tests
-    hold the fake to this table and the VM integration test holds the kernel to it."""
-    other_key = svc.key._replace(addr="10.99.255.254")
-    other_svc = svc._replace(key=other_key)
-    other_dest = dest._replace(addr="10.99.255.253")
-    v6 = ServiceKey.virtual("tcp", "fd00::99", 80)
-    return {
-        "add existing service": (Op("add", "service", str(svc.key), None, svc), errno.EEXIST),
-        "set missing service": (Op("set", "service", str(other_key), other_svc, other_svc), errno.ESRCH),
-        "delete missing service": (Op("delete", "service", str(other_key), other_svc, None), errno.ESRCH),
-        "add dest to missing service": (
-            Op("add", "dest", "d", None, dest._replace(service=other_key)), errno.ESRCH),
-        "delete dest of missing service": (
-            Op("delete", "dest", "d", dest._replace(service=other_key), None), errno.ESRCH),
-        "add existing dest": (Op("add", "dest", "d", None, dest), errno.EEXIST),
-        "set missing dest": (Op("set", "dest", "d", other_dest, other_dest), errno.ENOENT),
-        "delete missing dest": (Op("delete", "dest", "d", other_dest, None), errno.ENOENT),
-        "unknown scheduler": (
-            Op("add", "service", "s", None, IpvsService(ServiceKey.virtual("tcp", "10.99.255.252", 80),
-                                                        "nosuchsched")), errno.ENOENT),
-        "lower threshold above upper": (
-            Op("add", "dest", "d", None, other_dest._replace(u_threshold=1, l_threshold=5)), errno.ERANGE),
-        "ipv6 netmask 0": (
-            Op("add", "service", "s", None, IpvsService(v6, "rr", frozenset({"persistent"}), 60, 0)),
-            errno.EINVAL),
-        "ipv6 netmask 129": (
-            Op("add", "service", "s", None, IpvsService(v6, "rr", frozenset({"persistent"}), 60, 129)),
-            errno.EINVAL),
-        "ipv6 dest in ipv4 service, not tunnelled": (
-            Op("add", "dest", "d", None, dest._replace(addr="fd00::98", fwd=FWD_MASQ)), errno.EINVAL),
-    }
 
 
 _IPVSADM_PROTO = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
@@ -102,7 +66,7 @@ class FakeIpvs:
         self.applied: list[object] = []          # the ops that succeeded, in order
         self.observe_calls = 0                   # whole-table reads
         self.observe_services_calls: list[list[ServiceKey]] = []   # the keys of each partial read
-        self.fingerprint_calls = 0
+        self.service_digest_calls = 0
         self._encoder = wire.IpvsEncoder(family=0)
 
     # IpvsBackend ------------------------------------------------------------
@@ -124,14 +88,14 @@ class FakeIpvs:
                 self._read_service(out, key, stats)
         return out
 
-    def fingerprint(self) -> dict[ServiceKey, bytes] | None:
-        """What observe().fingerprints would be, the way the kernel backend makes it
-        cheaply (``fingerprint_calls`` counts these reads)."""
-        self.fingerprint_calls += 1
-        return {key: self._fingerprint(key) for key in self.services}
+    def service_digests(self) -> dict[ServiceKey, bytes] | None:
+        """What observe().service_digests would be, the way the kernel backend makes it
+        cheaply (``service_digest_calls`` counts these reads)."""
+        self.service_digest_calls += 1
+        return {key: self._service_digest(key) for key in self.services}
 
-    def _fingerprint(self, key: ServiceKey) -> bytes:
-        return wire.service_fingerprint(self.services[key], [   # every field but the service
+    def _service_digest(self, key: ServiceKey) -> bytes:
+        return scan.service_digest(self.services[key], [   # every field but the service
             repr(tuple(d)[1:]).encode() for d in self.dests[key].values()])
 
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
@@ -183,7 +147,7 @@ class FakeIpvs:
                 full = wire.IPV6_BITS if key.af == 6 else wire.IPV4_BITS
                 if svc.netmask != full:
                     mask = (str(svc.netmask) if key.af == 6 else
-                            socket.inet_ntoa(wire.U32.pack(wire.netmask_to_wire(4, svc.netmask))))
+                            socket.inet_ntoa(nl.U32.pack(wire.netmask_to_wire(4, svc.netmask))))
                     line += f" -M {mask}"
             if "one-packet" in svc.flags:
                 line += " -o"
@@ -192,7 +156,7 @@ class FakeIpvs:
                 line += " -b " + ",".join(sched_flags)
             lines.append(line)
             for dest in sorted(self.dests[key].values(), key=_dest_order):
-                host = f"[{dest.addr}]" if ":" in dest.addr else dest.addr
+                host = f"[{dest.addr}]" if family_of(dest.addr) == 6 else dest.addr
                 fwd = _IPVSADM_FWD.get(dest.fwd, dest.fwd)
                 line = f"-a {name} -r {host}:{dest.port} {fwd} -w {dest.weight}"
                 if dest.fwd == FWD_TUNNEL:
@@ -202,7 +166,7 @@ class FakeIpvs:
 
     def _read_service(self, out: IpvsObserved, key: ServiceKey, stats: bool) -> None:
         out.services[key] = self.services[key]
-        out.fingerprints[key] = self._fingerprint(key)
+        out.service_digests[key] = self._service_digest(key)
         if stats:
             out.service_stats[key] = self.service_stats.get(key, Stats())
         for dkey, dest in self.dests[key].items():
@@ -253,7 +217,7 @@ class FakeIpvs:
         dests = self.dests.get(dest.service)
         if dests is None:
             return errno.ESRCH
-        dest_af = 6 if ":" in dest.addr else 4
+        dest_af = family_of(dest.addr)
         if action != "delete" and dest_af != dest.service.af and dest.fwd != FWD_TUNNEL:
             return errno.EINVAL
         if action != "delete" and dest.l_threshold > dest.u_threshold:
@@ -294,4 +258,4 @@ def _dest_order(dest: IpvsDest) -> tuple:
 def _addr_bytes(addr: str) -> bytes:
     if not addr:
         return b""
-    return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+    return socket.inet_pton(socket.AF_INET6 if family_of(addr) == 6 else socket.AF_INET, addr)

@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..kernel import NFT_FAMILY, NFT_TABLE, NftObserved, NftTable
+from ..objects import NFT_FAMILY, NFT_TABLE, NftObserved, NftTable
 from .base import BackendError
 from .nft import delete_commands, observed_from_listing, replace_commands
 
@@ -486,82 +486,3 @@ def _int(v: Any, top: int, what: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= top:
         raise _err(what, _errno.EINVAL)
     return v
-
-
-# -- what nft refuses, measured ----------------------------------------------------------
-# Table contents that libnftables 1.0.6 + kernel refuse, with the errno, for
-# tests that hold the fake to the real backend (tests/test_nft_backend.py runs
-# each against both). Each starts with ``add table`` like a rendered table.
-
-def _fidelity_cases() -> dict[str, tuple[list[dict], int]]:
-    p = {"family": NFT_FAMILY, "table": NFT_TABLE}
-    table = {"add": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}}
-
-    def chain(name: str, **base: object) -> dict:
-        return {"add": {"chain": {**p, "name": name, **base}}}
-
-    def rule(ch: str, *expr: dict) -> dict:
-        return {"add": {"rule": {**p, "chain": ch, "expr": list(expr)}}}
-
-    pre = dict(type="filter", hook="prerouting", prio=-150, policy="accept")
-    saddr = {"payload": {"protocol": "ip", "field": "saddr"}}
-    snat = {"snat": {"family": "ip", "addr": "10.99.2.1"}}
-    return {
-        "rule in a missing chain": ([table, rule("nope", {"accept": None})], _errno.ENOENT),
-        "jump to a missing chain": ([table, chain("a"), rule("a", {"jump": {"target": "nope"}})],
-                                    _errno.ENOENT),
-        "missing named set": ([table, chain("a"), rule("a", {"match": {
-            "op": "==", "left": {"ct": {"key": "mark"}}, "right": "@nope"}}, {"accept": None})],
-            _errno.ENOENT),
-        "verdict map to a missing chain": ([table, {"add": {"map": {
-            **p, "name": "m", "type": "ipv4_addr", "map": "verdict",
-            "elem": [["10.99.0.1", {"jump": {"target": "nope"}}]]}}}], _errno.ENOENT),
-        "snat reached from a filter chain": ([table, chain("x"), chain("pre", **pre), rule("x", snat),
-                                              rule("pre", {"jump": {"target": "x"}})], _errno.EOPNOTSUPP),
-        "nat chain on the forward hook": ([table, chain("f", type="nat", hook="forward", prio=0,
-                                                        policy="accept")], _errno.EOPNOTSUPP),
-        "jump loop": ([table, chain("a"), chain("b"), chain("pre", **pre),
-                       rule("a", {"jump": {"target": "b"}}), rule("b", {"jump": {"target": "a"}}),
-                       rule("pre", {"jump": {"target": "a"}})], _errno.EMLINK),
-        "unknown statement": ([table, chain("a"), rule("a", {"frobnicate": None})], _errno.EINVAL),
-        "match without right": ([table, chain("a"), rule("a", {"match": {"op": "==", "left": saddr}},
-                                                         {"accept": None})], _errno.EINVAL),
-        "bad address": ([table, chain("a"), rule("a", {"match": {"op": "==", "left": saddr,
-                                                                 "right": "10.99.300.1"}}, {"accept": None})],
-                        _errno.EINVAL),
-        "IPv6 address in an ip snat": ([table, chain("n", type="nat", hook="postrouting", prio=100,
-                                                     policy="accept"),
-                                        rule("n", {"snat": {"family": "ip", "addr": "fd00::1"}})],
-                                       _errno.EINVAL),
-        "invalid hook": ([table, chain("a", type="filter", hook="nohook", prio=0, policy="accept")],
-                         _errno.EINVAL),
-        "prefix without flags interval": ([table, {"add": {"set": {
-            **p, "name": "s", "type": "ipv4_addr", "elem": [{"prefix": {"addr": "10.99.0.0", "len": 16}}]}}}],
-            _errno.EINVAL),
-        "overlapping intervals": ([table, {"add": {"set": {
-            **p, "name": "s", "type": "ipv4_addr", "flags": ["interval"],
-            "elem": [{"prefix": {"addr": "10.99.0.0", "len": 16}},
-                     {"prefix": {"addr": "10.99.1.0", "len": 24}}]}}}], _errno.EEXIST),
-        "map key with two values": ([table, {"add": {"map": {
-            **p, "name": "m", "type": "mark", "map": "ipv4_addr",
-            "elem": [[1, "10.99.0.1"], [1, "10.99.0.2"]]}}}], _errno.EEXIST),
-        "set redeclared with another type": ([table, {"add": {"set": {**p, "name": "s", "type": "mark"}}},
-                                              {"add": {"set": {**p, "name": "s", "type": "ipv4_addr"}}}],
-                                             _errno.EEXIST),
-        "unknown protocol": ([table, {"add": {"set": {**p, "name": "s", "type": "inet_proto",
-                                                      "elem": ["tcpx"]}}}], _errno.EINVAL),
-        "port out of range": ([table, {"add": {"set": {**p, "name": "s", "type": "inet_service",
-                                                       "elem": [70000]}}}], _errno.EINVAL),
-        "concatenation arity": ([table, {"add": {"set": {**p, "name": "s", "type": ["ipv4_addr", "mark"],
-                                                         "elem": [{"concat": ["10.99.0.1"]}]}}}],
-                                _errno.EINVAL),
-        # refused by the shared guard before nft sees it (libnftables would load them)
-        "rule without statements": ([table, chain("a"), {"add": {"rule": {**p, "chain": "a", "expr": []}}}],
-                                    _errno.EINVAL),
-        "another table": ([table, {"add": {"table": {"family": "ip", "name": "other"}}}], _errno.EPERM),
-        "a delete command": ([table, {"delete": {"chain": {**p, "name": "a"}}}], _errno.EINVAL),
-        "the reserved digest chain": ([table, chain("digest")], _errno.EINVAL),
-    }
-
-
-FIDELITY_CASES: dict[str, tuple[list[dict], int]] = _fidelity_cases()

@@ -2,7 +2,7 @@
 
 Why not pyroute2 here: one pyroute2 IPVS call costs ~200 µs and 34k objects
 would take minutes; packing with ipvs_codec and sending hundreds of messages
-per sendmsg() takes seconds (kernel-notes "Programming IPVS fast"). The
+per sendmsg() takes seconds (docs/kernel-facts.md "Programming IPVS fast"). The
 kernel runs every message of a buffer, goes on after a failed one and acks
 every failure even without NLM_F_ACK, so a batch asks for an ack on its last
 message only and failures are matched to ops by sequence number.
@@ -18,13 +18,13 @@ import subprocess
 import threading
 from typing import Callable, Iterable, Sequence
 
-from ..kernel import IpvsObserved, ServiceKey
-from . import ipvs_codec as wire
+from ..objects import IpvsObserved, ServiceKey
+from . import ipvs_codec as wire, ipvs_layout as layout, ipvs_scan as scan, netlink as nl
 from .base import BackendError
 
-DEFAULT_BATCH = 256              # messages per sendmsg (kernel-notes: 64..512 all fast)
+DEFAULT_BATCH = 256              # messages per sendmsg (docs/kernel-facts.md "Programming IPVS fast": 64..512 all fast)
 DEFAULT_DUMP_WORKERS = 1         # sockets dumping dests in parallel (see bench/ipvs_codec_bench.py)
-DEFAULT_FINGERPRINT_WORKERS = 1 # sockets scanning dest dumps at once (2-4 measured no faster in the VM)
+DEFAULT_DIGEST_WORKERS = 1 # sockets scanning dest dumps at once (2-4 measured no faster in the VM)
 SERVICES_PER_DUMP_WORKER = 64    # below this many services per socket, one socket is enough
 RCVBUF_BYTES = 16 << 20          # room for a whole batch of error acks (~1 KiB of skb each)
 SNDBUF_BYTES = 4 << 20           # one sendmsg carries a whole batch
@@ -44,7 +44,7 @@ def _open_socket() -> socket.socket:
     Blocking, with a kernel receive timeout (SO_RCVTIMEO) instead of Python's
     settimeout(): the latter adds a poll() before every recv(), and syscalls
     are what a big dump is made of."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, wire.NETLINK_GENERIC)
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_GENERIC)
     try:
         sock.bind((0, 0))
         for force, plain, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, RCVBUF_BYTES),
@@ -53,7 +53,7 @@ def _open_socket() -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, force, size)   # root: beyond rmem_max
             except PermissionError:
                 sock.setsockopt(socket.SOL_SOCKET, plain, size)
-        sock.setsockopt(wire.SOL_NETLINK, wire.NETLINK_CAP_ACK, 1)
+        sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_CAP_ACK, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(REPLY_TIMEOUT_S, 0))
     except BaseException:
         sock.close()
@@ -84,39 +84,39 @@ class _Conn:
         except BlockingIOError:   # SO_RCVTIMEO expired
             raise OSError(errno_mod.ETIMEDOUT, "no reply from the kernel") from None
 
-    def request(self, data: bytes, seq: int) -> wire.Header:
+    def request(self, data: bytes, seq: int) -> nl.Header:
         """Send one request and return the header of its reply (OSError on an error ack)."""
         self.sock.send(data)
         while True:
             n = self.recv()
-            for hdr in wire.iter_messages(self.buf, n):
+            for hdr in nl.iter_messages(self.buf, n):
                 if hdr.seq != seq:
                     continue
-                if hdr.type == wire.NLMSG_ERROR:
+                if hdr.type == nl.NLMSG_ERROR:
                     _raise_if_error(self.buf, hdr)
                     continue
                 return hdr
 
     def dump(self, data: bytes, seq: int,
-             on_message: Callable[[bytearray, wire.Header], None]) -> None:
+             on_message: Callable[[bytearray, nl.Header], None]) -> None:
         """Send one dump request; on_message(buf, header) for each reply until NLMSG_DONE."""
         self.sock.send(data)
         buf = self.buf
         while True:
             n = self.recv()
-            for hdr in wire.iter_messages(buf, n):
+            for hdr in nl.iter_messages(buf, n):
                 if hdr.seq != seq:
                     continue
-                if hdr.type == wire.NLMSG_DONE:
+                if hdr.type == nl.NLMSG_DONE:
                     return
-                if hdr.type == wire.NLMSG_ERROR:
+                if hdr.type == nl.NLMSG_ERROR:
                     _raise_if_error(buf, hdr)
                     return
                 on_message(buf, hdr)
 
 
-def _raise_if_error(buf: bytearray, hdr: wire.Header) -> None:
-    ack = wire.decode_ack(buf, hdr)
+def _raise_if_error(buf: bytearray, hdr: nl.Header) -> None:
+    ack = nl.decode_ack(buf, hdr)
     if ack.errno:
         raise OSError(ack.errno, os.strerror(ack.errno))
 
@@ -128,8 +128,8 @@ def resolve_family(conn: _Conn) -> int:
     for attempt in range(2):
         seq = conn.reserve(1)
         try:
-            hdr = conn.request(wire.encode_get_family(seq), seq)
-            return wire.decode_family_id(conn.buf, hdr)
+            hdr = conn.request(nl.encode_get_family(seq, wire.IPVS_GENL_NAME), seq)
+            return nl.decode_family_id(conn.buf, hdr)
         except OSError as exc:
             if exc.errno == errno_mod.ENOENT and attempt == 0 and _modprobe("ip_vs"):
                 continue
@@ -157,18 +157,18 @@ class IpvsNetlink:
 
     def __init__(self, *, batch_size: int = DEFAULT_BATCH, ack_every: bool = False,
                  dump_workers: int = DEFAULT_DUMP_WORKERS,
-                 fingerprint_workers: int = DEFAULT_FINGERPRINT_WORKERS,
+                 digest_workers: int = DEFAULT_DIGEST_WORKERS,
                  sys_module_dir: str = "/sys/module", modules_dir: str | None = None):
         self.batch_size = max(1, batch_size)
         self.ack_every = ack_every
         self.dump_workers = max(1, dump_workers)
-        self.fingerprint_workers = max(1, fingerprint_workers)
+        self.digest_workers = max(1, digest_workers)
         self.sys_module_dir = sys_module_dir
         self.modules_dir = modules_dir or f"/lib/modules/{os.uname().release}"
         self._conn: _Conn | None = None
         self._encoder: wire.IpvsEncoder | None = None
         self._extra: list[_Conn] = []
-        self._scanner = wire.DestConfigScanner()
+        self._scanner = scan.DestConfigScanner()
 
     # plumbing -----------------------------------------------------------
 
@@ -208,7 +208,7 @@ class IpvsNetlink:
         conn, enc = self._main()
         out = IpvsObserved()
 
-        def on_service(buf: bytearray, hdr: wire.Header) -> None:
+        def on_service(buf: bytearray, hdr: nl.Header) -> None:
             svc, svc_stats = wire.decode_service(buf, hdr, stats)
             out.services[svc.key] = svc
             if svc_stats is not None:
@@ -221,42 +221,30 @@ class IpvsNetlink:
             raise BackendError(f"IPVS service dump failed: {exc.strerror}", exc.errno or 0) from exc
         return out
 
-    def fingerprint(self) -> dict[ServiceKey, bytes] | None:
-        """observe()'s ``fingerprints`` at a fraction of its cost: the services are decoded,
+    def service_digests(self) -> dict[ServiceKey, bytes] | None:
+        """observe()'s ``service_digests`` at a fraction of its cost: the services are decoded,
         but each dest dump only goes through DestConfigScanner's regex (no Python step
         per dest). None when a service went away meanwhile."""
         services = self._services(False).services
         _, enc = self._main()
-        scanner = self._scanner
         out: dict[ServiceKey, bytes] = {}
         gone: list[ServiceKey] = []
 
         def work(c: _Conn, indexes: range) -> None:
-            buf = c.buf
             for i in indexes:
                 key = keys[i]
-                seq = c.reserve(1)
-                found: list[bytes] = []
                 try:
-                    c.sock.send(enc.get_dests(key, seq))
-                    while True:
-                        n = c.recv()
-                        if scanner.pattern is None:
-                            scanner.learn(buf, n, enc.family)
-                        found += scanner.scan(buf, n)
-                        finished = wire.dump_finished(buf, n, seq)
-                        if finished:
-                            break
-                        if finished is None:
-                            gone.append(key)
-                            return
+                    found, complete = self._dest_dump(c, enc, key, nl.dump_finished)
                 except OSError as exc:
                     raise BackendError(f"IPVS dest dump of {key} failed: {exc.strerror}",
                                        exc.errno or 0) from exc
-                out[key] = wire.service_fingerprint(services[key], found)
+                if not complete:
+                    gone.append(key)
+                    return
+                out[key] = scan.service_digest(services[key], found)
 
         keys = list(services)
-        self._on_sockets(self.fingerprint_workers, len(keys), work)
+        self._on_sockets(self.digest_workers, len(keys), work)
         return None if gone else out
 
     def _on_sockets(self, workers: int, count: int,
@@ -313,40 +301,53 @@ class IpvsNetlink:
         return out
 
     def _add_dests(self, out: IpvsObserved, keys: list[ServiceKey], stats: bool) -> None:
-        """Dests (and stats) of ``keys`` into ``out``, with each service's fingerprint; the
-        fingerprints are dropped (None) unless the scanner found every dest decoded."""
+        """Dests (and stats) of ``keys`` into ``out``, with each service digest; the
+        service digests are dropped (None) unless the scanner found every dest decoded."""
         for key, (dests, dest_stats, found) in zip(keys, self._dump_dests(keys, stats)):
             out.dests.update(dests)              # C-speed: reuses the stored hashes
             out.dest_stats.update(dest_stats)
-            if out.fingerprints is not None:
+            if out.service_digests is not None:
                 if len(found) == len(dests):
-                    out.fingerprints[key] = wire.service_fingerprint(out.services[key], found)
+                    out.service_digests[key] = scan.service_digest(out.services[key], found)
                 else:
-                    out.fingerprints = None
+                    out.service_digests = None
+
+    def _dest_dump(self, c: _Conn, enc: wire.IpvsEncoder, key: ServiceKey,
+                   until: Callable[[bytearray, int, int], bool | None]) -> tuple[list[bytes], bool]:
+        """One service's dest dump on ``c``: the request sent, replies received until
+        ``until(buf, nbytes, seq)`` says the dump is done (True) or the service is gone
+        (None), each buffer's configuration bytes found by the learned scanner on the
+        way. Returns (those bytes, False if the service was gone). OSError: the kernel's."""
+        scanner = self._scanner
+        seq = c.reserve(1)
+        found: list[bytes] = []
+        c.sock.send(enc.get_dests(key, seq))
+        while True:
+            n = c.recv()
+            if scanner.pattern is None:
+                scanner.learn(c.buf, n, enc.family)
+            found += scanner.scan(c.buf, n)
+            finished = until(c.buf, n, seq)
+            if finished or finished is None:
+                return found, finished is not None
 
     def _dump_dests(self, keys: list[ServiceKey], stats: bool) -> list[tuple[dict, dict, list]]:
         """Each service's (dests, dest stats, dest configuration bytes), in ``keys`` order,
         from ``dump_workers`` sockets."""
         _, enc = self._main()
         results: list[tuple[dict, dict, list]] = [({}, {}, []) for _ in keys]
-        scanner = self._scanner
 
         def work(c: _Conn, indexes: range) -> None:
-            decoder = wire.DestDecoder()
+            decoder = layout.DestDecoder()
             for i in indexes:
                 key = keys[i]
                 dests, dest_stats, found = results[i]
-                seq = c.reserve(1)
+
+                def decoded(buf, n: int, seq: int) -> bool:
+                    return decoder.decode_into(buf, n, seq, key, dests, dest_stats if stats else None)
+
                 try:
-                    c.sock.send(enc.get_dests(key, seq))
-                    while True:
-                        n = c.recv()
-                        if scanner.pattern is None:
-                            scanner.learn(c.buf, n, enc.family)
-                        found += scanner.scan(c.buf, n)
-                        if decoder.decode_into(c.buf, n, seq, key, dests,
-                                               dest_stats if stats else None):
-                            break
+                    found += self._dest_dump(c, enc, key, decoded)[0]
                 except OSError as exc:
                     if exc.errno != errno_mod.ESRCH:   # ESRCH: service deleted meanwhile
                         raise BackendError(f"IPVS dest dump of {key} failed: {exc.strerror}",
@@ -363,7 +364,7 @@ class IpvsNetlink:
             return []                        # nothing to write: not even a socket
         conn, enc = self._main()
         first_seq = conn.reserve(len(ops))
-        flags = wire.NLM_F_REQUEST | (wire.NLM_F_ACK if self.ack_every else 0)
+        flags = nl.NLM_F_REQUEST | (nl.NLM_F_ACK if self.ack_every else 0)
         failed: list[tuple[int, BackendError]] = []          # (op index, error)
         messages: list[tuple[int, bytes]] = []               # (op index, message)
         for index, op in enumerate(ops):
@@ -394,8 +395,8 @@ class IpvsNetlink:
         in_batch = {index for index, _ in chunk}
         last_index = chunk[-1][0]
         last = bytearray(chunk[-1][1])
-        wire.U16.pack_into(last, _NLMSG_FLAGS_OFFSET,
-                           wire.U16.unpack_from(last, _NLMSG_FLAGS_OFFSET)[0] | wire.NLM_F_ACK)
+        nl.U16.pack_into(last, _NLMSG_FLAGS_OFFSET,
+                           nl.U16.unpack_from(last, _NLMSG_FLAGS_OFFSET)[0] | nl.NLM_F_ACK)
         data = b"".join([m for _, m in chunk[:-1]] + [bytes(last)])
         try:
             conn.sock.sendall(data)
@@ -417,14 +418,14 @@ class IpvsNetlink:
                     raise
                 overflow = True             # some acks were dropped; drain what is left
                 continue
-            for hdr in wire.iter_messages(conn.buf, n):
-                if hdr.type != wire.NLMSG_ERROR:
+            for hdr in nl.iter_messages(conn.buf, n):
+                if hdr.type != nl.NLMSG_ERROR:
                     continue
                 index = (hdr.seq - first_seq) & SEQ_MASK
                 if index not in in_batch:
                     continue                # stale reply from an earlier request
                 answered.add(index)
-                code = wire.decode_ack(conn.buf, hdr).errno
+                code = nl.decode_ack(conn.buf, hdr).errno
                 if code:
                     failed.append((index, BackendError(
                         f"{describe_op(ops[index])}: {errno_text(code)}", code, ops[index])))

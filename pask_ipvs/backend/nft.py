@@ -24,7 +24,7 @@ import os
 import re
 from typing import Any
 
-from ..kernel import NFT_FAMILY, NFT_TABLE, NftObserved, NftTable
+from ..objects import NFT_FAMILY, NFT_TABLE, NftObserved, NftTable
 from .base import BackendError
 
 DIGEST_CHAIN = "digest"

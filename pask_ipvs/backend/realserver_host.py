@@ -15,8 +15,8 @@ import socket
 import subprocess
 from typing import Iterable
 
-from ..kernel import VipAddress
-from ..realserver import TUNNEL, TUNNEL_MODULE, HostObserved
+from ..objects import VipAddress
+from ..objects import TUNNEL, TUNNEL_MODULE, HostObserved
 from .base import BackendError
 from .sysctl import ProcSysctl
 

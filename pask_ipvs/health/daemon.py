@@ -1,4 +1,4 @@
-"""pask-healthd: probes every real server, takes failed ones out of service, brings them back.
+"""The health daemon (pask-healthd): probes every real server, takes failed ones out of service, brings them back.
 
 The imperative shell around two pure pieces: probes (probes.py) say pass or
 fail, the state machine (machine.py) turns results into transitions. On a
@@ -18,33 +18,26 @@ keepalived's reload, it costs what changed, not the size of the config: the
 config cache parses only edited services, only the services whose config
 changed are read from the kernel again and reconciled (one edited weight: one
 write), and only then is the rest of the view checked for drift, by the
-kernel's per-service fingerprints; services whose fingerprint moved are read
+kernel's per-service digests; services whose digest moved are read
 again and reconciled too.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
-import json
 import random
-import resource
-import signal
-import sys
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Mapping, TextIO
+from typing import Awaitable, Callable, Iterable, Mapping
 
-from ..model import Config, Health, Service
+from ..model import Config, Health
 from ..plan import DELETE, Op, Plan
-from ..state import DEFAULT_HEALTH_FILE, DEFAULT_STATE_FILE, health_key, write_json_atomic
+from ..storage import write_json_atomic
+from .checks import Check, checks_of
+from .events import EventLog
 from .machine import HealthMachine, Transition
 from .probes import Result, Target, run_probe
 from .view import KernelView
-
-if TYPE_CHECKING:
-    from ..compiled import ConfigCache
 
 RETRY_DELAY = 2.0              # seconds before a failed kernel write is tried again
 MAX_INFLIGHT = 4096            # probes (sockets) open at once, bounded again by RLIMIT_NOFILE
@@ -52,50 +45,6 @@ TICK = 0.02                    # seconds: probe start times are spread over the 
 FLUSH_GAP = 0.1                # seconds between two writes (health file + kernel) in a storm
 
 ProbeFn = Callable[[Health, Target], Awaitable[Result]]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One probe job: a real server of a service and the health check that applies to it."""
-
-    service: str
-    key: str                   # health_key(service, addr, port)
-    server: str                # "addr:port" of the real server, for logs
-    target: Target
-    health: Health
-
-
-def checks_of(services: Iterable[Service]) -> dict[str, Check]:
-    """Every real server of these services that has a health check (type none: not probed)."""
-    out: dict[str, Check] = {}
-    for svc in services:
-        if svc.health.type == "none":
-            continue
-        for rs in svc.real_servers:
-            key = health_key(svc.name, rs.address, rs.port)
-            out[key] = Check(svc.name, key, str(Target(rs.address, rs.port)),
-                             Target(rs.address, svc.health.port or rs.port, svc.name), svc.health)
-    return out
-
-
-class EventLog:
-    """Structured log: one JSON object per line on stderr (journald keeps them as they are)."""
-
-    def __init__(self, stream: TextIO | None = None, verbose: bool = False,
-                 clock: Callable[[], float] = time.time):
-        self.stream = stream
-        self.verbose = verbose
-        self.clock = clock
-
-    def __call__(self, event: str, level: str = "info", **fields: object) -> None:
-        if level == "debug" and not self.verbose:
-            return
-        now = self.clock()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-        record = {"ts": stamp, "level": level, "event": event, **fields}
-        stream = self.stream or sys.stderr
-        stream.write(json.dumps(record, default=str) + "\n")
-        stream.flush()
 
 
 def _default_expand():
@@ -213,7 +162,7 @@ class HealthDaemon:
     # -- kernel --------------------------------------------------------------------------
     def observe(self) -> None:
         """Read the whole IPVS table (at start, after an error, or when a reload's
-        resync cannot fingerprint the kernel)."""
+        resync cannot digest the kernel)."""
         self.view = KernelView(self.backends.ipvs.observe())
 
     def _keys_of(self, names: Iterable[str]) -> dict:
@@ -241,23 +190,23 @@ class HealthDaemon:
             self.view.replace(self.backends.ipvs.observe_services(keys), keys)
 
     def resync(self) -> set[str]:
-        """Find drift without a full read: the kernel's per-service fingerprints against
+        """Find drift without a full read: the kernel's per-service digests against
         the view's. Services that differ are read again and marked for a write; returns
-        their names. A kernel that cannot be fingerprinted is read whole."""
+        their names. A kernel that cannot be digested is read whole."""
         self.resync_due = False
-        fps = self.backends.ipvs.fingerprint()
+        fps = self.backends.ipvs.service_digests()
         view = self.view
         drifted: list[str] = []
-        if fps is None or view is None or view.ipvs.fingerprints is None:
+        if fps is None or view is None or view.ipvs.service_digests is None:
             self.observe()
             names = {svc.name for svc in self.config.services}
         else:
-            stale = {k for k in fps.keys() | view.ipvs.services.keys() if fps.get(k) != view.fingerprint(k)}
+            stale = {k for k in fps.keys() | view.ipvs.services.keys() if fps.get(k) != view.service_digest(k)}
             if not stale:
                 return set()
             owners = self._keys_of(svc.name for svc in self.config.services)
-            # a service this daemon just wrote has no fingerprint in the view: not drift
-            drifted = sorted(owners[k] for k in stale if k in owners and view.fingerprint(k) is not None)
+            # a service this daemon just wrote has no digest in the view: not drift
+            drifted = sorted(owners[k] for k in stale if k in owners and view.service_digest(k) is not None)
             view.replace(self.backends.ipvs.observe_services(stale), stale)
             names = {owners[k] for k in stale if k in owners}
             if drifted:
@@ -491,120 +440,3 @@ def _failed(op: Op, result) -> bool:
 def _op_text(op: Op) -> str:
     from ..render.text import op_line
     return op_line(op)
-
-
-# -- command line ----------------------------------------------------------------------
-
-def load_previous_health(path: str | None, log: EventLog) -> dict[str, dict]:
-    """The health file's servers; a missing or unreadable file means nothing is known."""
-    from ..state import health_servers, read_health_bytes
-
-    try:
-        return health_servers(read_health_bytes(path), path or "")
-    except (OSError, ValueError) as e:
-        # Health can be measured again; refusing to start would leave servers unchecked.
-        log("health_file_ignored", level="warning", file=path, error=str(e))
-        return {}
-
-
-def load_inputs(config_path: str, state_file: str,
-                cache: "ConfigCache | None" = None) -> tuple[Config, dict[str, int]]:
-    """The config (ConfigError on problems) and the fwmarks pask-apply allocated.
-
-    With ``cache`` (pask-apply's config cache, only read here, never written), the
-    first load unpickles what pask-apply validated and a reload parses only the
-    services that were edited since the last load."""
-    from ..load import load_config
-    from ..state import load_state
-
-    config = cache.load(config_path) if cache is not None else load_config(config_path)
-    return config, dict(load_state(state_file).fwmarks)
-
-
-def _parser() -> argparse.ArgumentParser:
-    from ..cli import ArgParser    # usage errors exit 1, like every pask command
-
-    p = ArgParser(
-        prog="pask-healthd",
-        description="Health checks for pask's real servers: failed servers get weight 0 "
-                    "(or are removed) within interval x fall seconds and come back after "
-                    "rise passed checks. SIGHUP reloads CONFIG, SIGTERM exits.")
-    p.add_argument("config", metavar="CONFIG")
-    p.add_argument("--state-file", default=DEFAULT_STATE_FILE)
-    p.add_argument("--health-file", default=DEFAULT_HEALTH_FILE)
-    p.add_argument("--once", action="store_true",
-                   help="run one round of probes, apply the result, exit")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every probe result")
-    return p
-
-
-def _raise_nofile() -> int:
-    """Probes are sockets: take the hard limit of open files; returns the soft limit now."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
-def main(argv: list[str] | None = None, *, backends=None) -> int:
-    """The ``pask-healthd`` console script. ``backends``: for tests (default: the kernel)."""
-    from ..errors import ConfigError
-
-    from ..compiled import ConfigCache, cache_file_for
-
-    args = _parser().parse_args(argv)
-    log = EventLog(verbose=args.verbose)
-    cache = ConfigCache(cache_file_for(args.state_file))
-    try:
-        config, fwmarks = load_inputs(args.config, args.state_file, cache)
-    except ConfigError as e:
-        for problem in e.problems:
-            print(problem, file=sys.stderr)
-        print(f"{args.config}: {len(e.problems)} problem(s)", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{args.config}: cannot read config: {e.strerror or e}", file=sys.stderr)
-        return 1
-    except ValueError as e:                       # a corrupt state file
-        print(f"pask-healthd: {e}", file=sys.stderr)
-        return 1
-
-    if backends is None:
-        from ..backend.real import real_backends
-        backends = real_backends()
-    nofile = _raise_nofile()
-    inflight = max(16, min(MAX_INFLIGHT, (nofile - 64) // 2))
-    daemon = HealthDaemon(config, backends, fwmarks=fwmarks,
-                          health_file=args.health_file,
-                          previous=load_previous_health(args.health_file, log),
-                          log=log, max_inflight=inflight,
-                          loader=lambda: load_inputs(args.config, args.state_file, cache))
-    try:
-        daemon.observe()
-    except Exception as e:
-        print(f"pask-healthd: cannot read IPVS: {e}", file=sys.stderr)
-        return 1
-    log("start", config=args.config, servers=len(daemon.checks),
-        services=len(config.services), once=args.once)
-    if args.once:
-        asyncio.run(daemon.run_round())
-        return 0 if not daemon.dirty else 1
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, daemon.stop)
-        loop.add_signal_handler(signal.SIGINT, daemon.stop)
-        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
-        await daemon.serve()
-
-    asyncio.run(run())
-    log("stop", message="kernel left as it is")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,9 +11,9 @@ Start-up does not flap: a server starts *up* (as it is in the kernel after
 pask-apply) unless the health file says it was down, in which case it must
 pass ``rise`` probes before it gets traffic again.
 
-``effective_weights`` turns the up/down map into kernel weights for one
-service (inhibit vs remove, disabled, backup / sorry servers); ``expand``
-calls it, so pask-apply and pask-healthd always agree.
+What the up/down map means for kernel weights (inhibit vs remove, disabled,
+backup / sorry servers) is desired.effective_weights: pask-apply and pask-healthd
+expand through it, so they always agree.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
-from ..model import OnFailure, ServerState, Service
-from ..state import health_key
+from ..health_file import health_key
 
 Clock = Callable[[], float]
 
@@ -137,32 +136,3 @@ class HealthMachine:
         return {"version": 1, "servers": {
             k: {"up": s.up, "since": s.since, "detail": s.detail}
             for k, s in sorted(self.servers.items())}}
-
-
-def effective_weights(service: Service, up: Mapping[str, bool]) -> dict[tuple[str, int], int | None]:
-    """(addr, port) -> weight the kernel should hold; None = the destination is absent.
-
-    * disabled: weight 0 whatever its health (drain; health never moves it);
-    * down: weight 0 with ``on_failure: inhibit`` (its connections drain),
-      absent with ``remove``;
-    * backup (sorry server): its weight only while no enabled server is up,
-      else 0 (kept in the kernel, so its connections drain when the pool recovers);
-    * a server missing from ``up`` counts as up (no health check, or not known yet).
-    """
-    def is_up(rs) -> bool:
-        return up.get(health_key(service.name, rs.address, rs.port), True)
-
-    pool_up = any(rs.state is ServerState.ENABLED and is_up(rs) for rs in service.real_servers)
-    failed = None if service.on_failure is OnFailure.REMOVE else 0
-    out: dict[tuple[str, int], int | None] = {}
-    for rs in service.real_servers:
-        if rs.state is ServerState.DISABLED:
-            weight: int | None = 0
-        elif not is_up(rs):
-            weight = failed
-        elif rs.state is ServerState.BACKUP:
-            weight = 0 if pool_up else rs.weight
-        else:
-            weight = rs.weight
-        out[(rs.address, rs.port)] = weight
-    return out

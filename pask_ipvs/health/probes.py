@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..model import Health
+from ..objects import family_of
 
 MAX_BODY = 64 * 1024          # bytes of an HTTP body searched by body_regex
 MAX_DETAIL = 200
@@ -49,7 +50,7 @@ class Target:
     service: str = ""         # service name (for scripts and logs)
 
     def __str__(self) -> str:
-        return f"[{self.addr}]:{self.port}" if ":" in self.addr else f"{self.addr}:{self.port}"
+        return f"[{self.addr}]:{self.port}" if family_of(self.addr) == 6 else f"{self.addr}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ async def probe_tcp(health: Health, target: Target, phase: _Phase) -> tuple[bool
     # A bare non-blocking socket (no stream objects: several times cheaper than
     # open_connection), closed with a RST as keepalived does: no FIN exchange and no
     # TIME_WAIT socket left behind per probe.
-    family = socket.AF_INET6 if ":" in target.addr else socket.AF_INET
+    family = socket.AF_INET6 if family_of(target.addr) == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_ON_CLOSE)

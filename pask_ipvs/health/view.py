@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..kernel import DestKey, IpvsObserved, Observed, ServiceKey
+from ..objects import DestKey, IpvsObserved, Observed, ServiceKey
 from ..plan import ADD, DELETE, SET, Op
 
 
@@ -25,9 +25,9 @@ class KernelView:
     def has(self, key: ServiceKey) -> bool:
         return key in self.ipvs.services
 
-    def fingerprint(self, key: ServiceKey) -> bytes | None:
+    def service_digest(self, key: ServiceKey) -> bytes | None:
         """The service's digest as last read (None: unknown, e.g. written since)."""
-        fps = self.ipvs.fingerprints
+        fps = self.ipvs.service_digests
         return None if fps is None else fps.get(key)
 
     def replace(self, fresh: IpvsObserved, keys: Iterable[ServiceKey]) -> None:
@@ -40,19 +40,19 @@ class KernelView:
             for dkey in self._dests.pop(key, ()):
                 ipvs.dests.pop(dkey, None)
                 ipvs.dest_stats.pop(dkey, None)
-            if ipvs.fingerprints is not None:
-                ipvs.fingerprints.pop(key, None)
+            if ipvs.service_digests is not None:
+                ipvs.service_digests.pop(key, None)
         ipvs.services.update(fresh.services)
         ipvs.service_stats.update(fresh.service_stats)
         ipvs.dests.update(fresh.dests)
         ipvs.dest_stats.update(fresh.dest_stats)
         for dkey in fresh.dests:
             self._dests.setdefault(dkey.service, set()).add(dkey)
-        if ipvs.fingerprints is not None:
-            if fresh.fingerprints is None:
-                ipvs.fingerprints = None
+        if ipvs.service_digests is not None:
+            if fresh.service_digests is None:
+                ipvs.service_digests = None
             else:
-                ipvs.fingerprints.update(fresh.fingerprints)
+                ipvs.service_digests.update(fresh.service_digests)
 
     def of(self, keys: Iterable[ServiceKey]) -> Observed:
         """Just these services and their dests (what diff_dests compares them with)."""
@@ -64,7 +64,7 @@ class KernelView:
 
     def written(self, ops: Iterable[Op]) -> None:
         """The daemon's own dest writes, done: the kernel now holds them. The services
-        written lose their fingerprint (unknown until read again)."""
+        written lose their digest (unknown until read again)."""
         ipvs = self.ipvs
         for op in ops:
             if op.action in (ADD, SET):
@@ -77,5 +77,5 @@ class KernelView:
                 self._dests.get(dest.service, set()).discard(dest.key)
             else:
                 continue
-            if ipvs.fingerprints is not None:
-                ipvs.fingerprints.pop(dest.service, None)
+            if ipvs.service_digests is not None:
+                ipvs.service_digests.pop(dest.service, None)

@@ -18,7 +18,7 @@ table holds. Layout (every part only when some service needs it):
   destination to one small chain per VIP (nft 1.0.6 cannot put
   ``ct original proto-dst`` into a concatenated map key).
 
-Named sets/maps keep loading linear at 4096 services (kernel-notes: one
+Named sets/maps keep loading linear at 4096 services (docs/kernel-facts.md "nftables load time": one
 anonymous map per service grows superlinearly).
 """
 
@@ -31,8 +31,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from ..kernel import NFT_FAMILY, NFT_TABLE, NftTable, canonical_ip
 from ..model import Filter, FilterAction, NatMode, PortRange, Service
+from ..objects import NFT_FAMILY, NFT_TABLE, NftTable, canonical_address
 
 PRIO_MANGLE = -150
 PRIO_SRCNAT = 100
@@ -306,7 +306,7 @@ def _render_snat(b: _Builder, services: Sequence[Service], marks: Mapping[str, i
 
     # fwmark services: by ct mark (set in prerouting) in named maps.
     for fam in (V4, V6):
-        both = [[marks[s.name], canonical_ip(s.snat_ip)] for s in services
+        both = [[marks[s.name], canonical_address(s.snat_ip)] for s in services
                 if s.uses_fwmark and s.family == fam.version and s.nat_mode is NatMode.BOTH_NAT]
         if both:
             name = f"snat_mark{fam.version}"
@@ -314,7 +314,7 @@ def _render_snat(b: _Builder, services: Sequence[Service], marks: Mapping[str, i
             b.rule(post, _match(_meta("nfproto"), fam.nfproto),
                    _snat(fam, {"map": {"key": {"ct": {"key": "mark"}}, "data": "@" + name}}))
     for fam in (V4, V6):
-        l2l = [[{"concat": [_addr_value(net), marks[s.name]]}, canonical_ip(s.vip)]
+        l2l = [[{"concat": [_addr_value(net), marks[s.name]]}, canonical_address(s.vip)]
                for s in services
                if s.uses_fwmark and s.family == fam.version and s.nat_mode is NatMode.LAN_TO_LAN
                for net in _collapse(s.local_networks, fam, "local network")]
@@ -330,7 +330,7 @@ def _render_snat(b: _Builder, services: Sequence[Service], marks: Mapping[str, i
     by_vip: dict[tuple[int, str], list[Service]] = {}
     for s in services:
         if not s.uses_fwmark:
-            by_vip.setdefault((s.family, canonical_ip(s.vip)), []).append(s)
+            by_vip.setdefault((s.family, canonical_address(s.vip)), []).append(s)
     vmaps: dict[int, list] = {4: [], 6: []}
     for (version, vip), svcs in by_vip.items():
         if not any(s.nat_mode.needs_snat for s in svcs):
@@ -342,7 +342,7 @@ def _render_snat(b: _Builder, services: Sequence[Service], marks: Mapping[str, i
         all_ports_snat = {s.protocol for s in svcs if s.port == 0 and s.nat_mode.needs_snat}
         for s in sorted(svcs, key=lambda s: s.port == 0):
             if s.nat_mode is NatMode.BOTH_NAT:
-                b.rule(chain, *_orig_port(s), _COUNTER, _snat(fam, canonical_ip(s.snat_ip)))
+                b.rule(chain, *_orig_port(s), _COUNTER, _snat(fam, canonical_address(s.snat_ip)))
                 continue
             if s.nat_mode is NatMode.LAN_TO_LAN:
                 nets = _collapse(s.local_networks, fam, "local network")

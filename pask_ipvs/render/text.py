@@ -6,7 +6,7 @@ import dataclasses
 import enum
 from typing import Iterable
 
-from ..kernel import IpvsDest, NftTable
+from ..objects import IpvsDest, NftTable
 from ..plan import ADD, DELETE, REPLACE, SET, Op, Plan
 from . import NO_CHANGES
 
@@ -22,23 +22,23 @@ def op_line(op: Op) -> str:
     if op.kind == "service":
         body = str(op.after if op.after is not None else op.before)
         if op.action == SET:
-            body = f"{op.key} {_changes(op)}"
+            body = f"{op.label} {_changes(op)}"
     elif op.kind == "dest":
         if op.action == SET:
-            body = f"{op.key} {_changes(op)}"
+            body = f"{op.label} {_changes(op)}"
         else:
             d: IpvsDest = op.after if op.after is not None else op.before
-            body = f"{op.key} {d.fwd} weight {d.weight}"
+            body = f"{op.label} {d.fwd} weight {d.weight}"
     elif op.kind == "sysctl":
-        body = f"{op.key} = {op.after}" + (f" (was {op.before})" if op.before is not None else "")
+        body = f"{op.label} = {op.after}" + (f" (was {op.before})" if op.before is not None else "")
     elif op.kind == "nft":
         body = "table inet pask"
         if isinstance(op.after, NftTable):
             body += f" ({len(op.after.command_list())} objects, {op.after.digest})"
     elif op.kind == "link" and op.action == SET:
-        body = f"{op.key} {op.before} -> {op.after}"
+        body = f"{op.label} {op.before or 'absent'} -> {op.after}"
     else:
-        body = op.key
+        body = op.label
     return f"{op.symbol} {op.kind}{who} {body}{why}"
 
 
@@ -96,7 +96,7 @@ def to_jsonable(value: object) -> object:
 
 def op_json(op: Op) -> dict:
     return {
-        "action": op.action, "kind": op.kind, "key": op.key,
+        "action": op.action, "kind": op.kind, "key": op.label,
         "service": op.service or None,
         "before": to_jsonable(op.before), "after": to_jsonable(op.after),
         "reason": op.reason,

@@ -1,0 +1,26 @@
+"""Every config key's default, in one place (the schema's "default" annotations must
+agree: tests/test_schema.py checks). Read by validation and by the model builder."""
+
+DEFAULT_VIP_INTERFACE = "pask0"
+DEFAULT_DRAIN_TIMEOUT = 0
+DEFAULT_PROTOCOL = "tcp"
+DEFAULT_SCHEDULER = "wlc"
+DEFAULT_NAT_MODE = "dest-nat"
+DEFAULT_ON_FAILURE = "inhibit"
+DEFAULT_WEIGHT = 1
+DEFAULT_STATE = "enabled"
+DEFAULT_NETMASK = {4: "255.255.255.255", 6: "128"}
+DEFAULT_HEALTH = {"type": "none", "interval": 2, "timeout": 1, "rise": 2, "fall": 3}
+
+# Health type -> its own keys and their defaults (None: optional, no default).
+# The schema allows each key only for the types listed here.
+HEALTH_PARAMS: dict[str, dict[str, object]] = {
+    "none": {},
+    "tcp": {},
+    "http": {"path": "/", "method": "GET", "host": None, "expect_status": (200,), "body_regex": None},
+    "https": {"path": "/", "method": "GET", "host": None, "expect_status": (200,), "body_regex": None,
+              "sni": None, "verify_tls": False},
+    "udp": {"payload": None, "expect": None},
+    "dns": {"query_name": None, "query_type": "A", "expect_rcode": "NOERROR"},
+    "script": {"command": None},
+}

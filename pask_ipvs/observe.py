@@ -1,0 +1,68 @@
+"""observe: read what the kernel holds of everything the desired state speaks about."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .backend.base import Backends
+from .objects import Desired, IpvsObserved, Observed, ServiceKey
+from .plan import IPVS_KINDS, Op
+
+# after an apply, IPVS is re-read only for the services the apply touched, unless they are
+# more than this share of the table (a cold apply, a big change): then one whole-table read
+# is cheaper.
+VERIFY_PARTIAL_MAX_FRACTION = 0.25
+
+
+def observe(desired: Desired, backends: Backends, *, stats: bool = False) -> Observed:
+    """Read what the kernel holds of everything ``desired`` speaks about.
+
+    IPVS is read first: the generic-netlink lookup loads ip_vs, which creates
+    the net.ipv4.vs.* sysctls read after it.
+    """
+    return _observe_rest(desired, backends, backends.ipvs.observe(stats=stats))
+
+
+def _observe_rest(desired: Desired, backends: Backends, ipvs: IpvsObserved) -> Observed:
+    """Everything but IPVS (cheap: one nft listing, one interface, a few sysctls)."""
+    nft = backends.nft.observe()
+    link, vips = (None, frozenset())
+    if desired.vip_interface:
+        link, vips = backends.addr.observe(desired.vip_interface)
+    sysctls = backends.sysctl.read(desired.sysctls.keys())
+    return Observed(ipvs=ipvs, nft=nft, link=link, vips=vips, sysctls=sysctls)
+
+
+def touched_services(ops: Iterable[Op]) -> set[ServiceKey]:
+    """The IPVS services ``ops`` write to: a service op's own key, a dest op's service."""
+    keys: set[ServiceKey] = set()
+    for op in ops:
+        if op.kind not in IPVS_KINDS:
+            continue
+        value = op.after if op.after is not None else op.before
+        keys.add(value.key if op.kind == "service" else value.service)   # type: ignore[union-attr]
+    return keys
+
+
+def observe_after(desired: Desired, backends: Backends, before: Observed, ops: Iterable[Op], *,
+                  stats: bool = False, also: Iterable[ServiceKey] = (),
+                  max_fraction: float = VERIFY_PARTIAL_MAX_FRACTION) -> Observed:
+    """What ``observe`` would read after ``ops`` ran on a kernel observed as ``before``,
+    at the cost of what the ops touched.
+
+    IPVS: ``before`` with the services the ops touched (and ``also``) read again
+    through ``observe_services``; a service gone from the kernel drops out with its
+    dests. When those are more than ``max_fraction`` of the services in ``before``
+    (a cold apply), one whole-table read is cheaper and is done instead. Everything
+    else is read whole, as ``observe`` does. Same result as ``observe`` as long as
+    nobody else changed the untouched services meanwhile (their counters are
+    ``before``'s; ``also`` names the services whose counters matter, e.g. draining)."""
+    keys = touched_services(ops) | set(also)
+    if len(keys) > max_fraction * len(before.ipvs.services):
+        ipvs = backends.ipvs.observe(stats=stats)
+    elif keys:
+        fresh = backends.ipvs.observe_services(sorted(keys), stats=stats)
+        ipvs = before.ipvs.replaced(fresh, keys)
+    else:                       # only nft, addresses or sysctls changed: IPVS is as it was
+        ipvs = before.ipvs.replaced(IpvsObserved(), keys)
+    return _observe_rest(desired, backends, ipvs)

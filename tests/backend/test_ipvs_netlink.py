@@ -1,0 +1,216 @@
+"""IpvsNetlink's reads without a kernel: a socket stand-in answers IPVS requests
+the way net/netfilter/ipvs/ip_vs_ctl.c does (GET_SERVICE dump and single get,
+GET_DEST dump), from a FakeIpvs table, with the codec's own message layout.
+The real kernel is exercised by integration/test_ipvs_backend.py."""
+
+from __future__ import annotations
+
+import errno
+from collections import deque
+
+import pytest
+
+from pask_ipvs.backend import ipvs as ipvs_mod
+from pask_ipvs.backend import ipvs_codec as w, ipvs_scan as scan, netlink as nl
+from pask_ipvs.backend.base import BackendError
+from pask_ipvs.backend.fake_ipvs import FakeIpvs
+from pask_ipvs.backend.ipvs import IpvsNetlink
+from pask_ipvs.objects import IpvsDest, IpvsObserved, IpvsService, ServiceKey
+
+FAMILY = 0x25
+
+T = ServiceKey.virtual("tcp", "10.99.0.1", 80)
+U = ServiceKey.virtual("udp", "10.99.0.2", 53)
+V6 = ServiceKey.virtual("tcp", "fd00::10", 443)
+M7 = ServiceKey.mark(7)
+MISSING = ServiceKey.virtual("tcp", "10.99.0.99", 80)
+
+TABLE = [
+    IpvsService(T, "rr"),
+    IpvsDest(T, "10.99.1.1", 8080, "masq", 3, 10, 2),
+    IpvsDest(T, "10.99.1.2", 80, "route", 0),
+    IpvsService(U, "sh", frozenset({"sh-port", "persistent"}), 300, 24),
+    IpvsDest(U, "10.99.1.4", 53, "route", 5),
+    IpvsService(V6, "lc", frozenset(), 0, 128),
+    IpvsDest(V6, "fd00::1", 443, "masq", 2),
+    IpvsService(M7, "wlc"),
+    IpvsDest(M7, "10.99.1.1", 0, "tunnel", 4),
+]
+
+
+def _done(seq: int) -> bytes:
+    return nl.NLMSG_HDR.pack(nl.NLMSG_HDR.size + 4, nl.NLMSG_DONE, nl.NLM_F_MULTI, seq, 0) + bytes(4)
+
+
+def _error(seq: int, code: int) -> bytes:
+    body = nl.NLMSGERR.pack(-code) + nl.NLMSG_HDR.pack(nl.MSG_HDR.size, FAMILY, nl.NLM_F_REQUEST, seq, 0)
+    return nl.NLMSG_HDR.pack(nl.NLMSG_HDR.size + len(body), nl.NLMSG_ERROR, 0x100, seq, 0) + body
+
+
+def _key_of(data: bytes, hdr: nl.Header) -> ServiceKey:
+    a = nl.parse_attrs(data, *nl.parse_attrs(data, hdr.start + nl.GENL_HDR.size,
+                                           hdr.end)[w.IPVS_CMD_ATTR_SERVICE])
+    af = w.AF_FROM_WIRE[nl.U16.unpack_from(data, a[w.IPVS_SVC_ATTR_AF][0])[0]]
+    if w.IPVS_SVC_ATTR_FWMARK in a:
+        return ServiceKey.mark(nl.U32.unpack_from(data, a[w.IPVS_SVC_ATTR_FWMARK][0])[0], af)
+    s, _ = a[w.IPVS_SVC_ATTR_ADDR]
+    proto = w.PROTO_FROM_WIRE[nl.U16.unpack_from(data, a[w.IPVS_SVC_ATTR_PROTOCOL][0])[0]]
+    port = int.from_bytes(data[a[w.IPVS_SVC_ATTR_PORT][0]:a[w.IPVS_SVC_ATTR_PORT][0] + 2], "big")
+    return ServiceKey(proto, w.addr_from_wire(af, data[s:s + 16]), port, 0, af)
+
+
+class KernelSocket:
+    """A netlink socket whose far end is ``table``. Each request's answer is one recv()."""
+
+    def __init__(self, table: FakeIpvs, fail: dict[ServiceKey, int] | None = None):
+        self.table = table
+        self.fail = fail or {}                     # key -> errno its GET_SERVICE answers
+        self.enc = w.IpvsEncoder(FAMILY)
+        self.replies: deque[bytes] = deque()
+        self.requests: list[tuple[int, int, ServiceKey | None]] = []   # (cmd, flags, key)
+
+    def send(self, data: bytes) -> int:
+        for hdr in nl.iter_messages(data, len(data)):
+            cmd = data[hdr.start]
+            key = _key_of(data, hdr) if hdr.end > hdr.start + nl.GENL_HDR.size else None
+            self.requests.append((cmd, hdr.flags, key))
+            self.replies.append(self._answer(cmd, hdr.flags, hdr.seq, key))
+        return len(data)
+
+    def _service_msg(self, svc: IpvsService, flags: int, seq: int) -> bytes:
+        return nl.message(FAMILY, flags, seq, w.IPVS_CMD_NEW_SERVICE, w.IPVS_GENL_VERSION,
+                         nl.nla_nest(w.IPVS_CMD_ATTR_SERVICE, w.service_attrs(svc)))
+
+    def _answer(self, cmd: int, flags: int, seq: int, key: ServiceKey | None) -> bytes:
+        services = self.table.services
+        dump = flags & nl.NLM_F_DUMP == nl.NLM_F_DUMP
+        if cmd == w.IPVS_CMD_GET_SERVICE and dump:
+            return b"".join([self._service_msg(s, nl.NLM_F_MULTI, seq) for s in services.values()]
+                            + [_done(seq)])
+        if cmd == w.IPVS_CMD_GET_SERVICE:           # ip_vs_genl_get_cmd
+            if key in self.fail:
+                return _error(seq, self.fail[key])
+            if key not in services:
+                return _error(seq, errno.ESRCH)
+            return self._service_msg(services[key], 0, seq)
+        if cmd == w.IPVS_CMD_GET_DEST and dump:     # ip_vs_genl_dump_dests: no service, no dests
+            return b"".join([self.enc.dest(w.IPVS_CMD_NEW_DEST, d, seq, nl.NLM_F_MULTI)
+                             for d in self.table.dests.get(key, {}).values()] + [_done(seq)])
+        return _error(seq, errno.EOPNOTSUPP)
+
+    def recv_into(self, buf: bytearray, nbytes: int = 0, flags: int = 0) -> int:
+        if not self.replies:
+            raise BlockingIOError
+        data = self.replies.popleft()
+        buf[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def backend_on(sock: KernelSocket) -> IpvsNetlink:
+    backend = IpvsNetlink()
+    conn = ipvs_mod._Conn.__new__(ipvs_mod._Conn)      # no real socket: the stand-in
+    conn.sock, conn.buf, conn._seq = sock, bytearray(ipvs_mod.RECV_CHUNK), 0
+    backend._conn, backend._encoder = conn, w.IpvsEncoder(FAMILY)
+    return backend
+
+
+@pytest.fixture
+def table() -> FakeIpvs:
+    fake = FakeIpvs()
+    fake.seed([v for v in TABLE if isinstance(v, IpvsService)],
+              [v for v in TABLE if isinstance(v, IpvsDest)])
+    return fake
+
+
+def test_the_stand_in_answers_a_whole_observe_like_the_fake(table):
+    assert backend_on(KernelSocket(table)).observe() == table.observe()
+
+
+@pytest.mark.parametrize("stats", [False, True])
+def test_observe_services_reads_those_keys_only(table, stats):
+    sock = KernelSocket(table)
+    backend = backend_on(sock)
+    seen = backend.observe_services([M7, T, MISSING, V6, T], stats=stats)
+    assert seen == table.observe_services([M7, T, V6], stats=stats)
+    whole = table.observe(stats=stats)
+    assert seen.services == {k: whole.services[k] for k in (M7, T, V6)}
+    assert seen.dests == {k: d for k, d in whole.dests.items() if k.service in (M7, T, V6)}
+    assert (len(seen.service_stats), len(seen.dest_stats)) == ((3, 4) if stats else (0, 0))
+    # one single GET_SERVICE per distinct key, one dest dump per service found: nothing else
+    assert sock.requests == (
+        [(w.IPVS_CMD_GET_SERVICE, nl.NLM_F_REQUEST, k) for k in (M7, T, MISSING, V6)]
+        + [(w.IPVS_CMD_GET_DEST, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, k) for k in (M7, T, V6)])
+
+
+def test_observe_services_of_missing_keys_is_empty(table):
+    sock = KernelSocket(table, fail={U: errno.ENOENT})
+    assert backend_on(sock).observe_services([MISSING, U]) == IpvsObserved()
+    assert [cmd for cmd, _, _ in sock.requests] == [w.IPVS_CMD_GET_SERVICE] * 2
+
+
+def test_observe_services_reports_other_errors(table):
+    sock = KernelSocket(table, fail={U: errno.EPERM})
+    with pytest.raises(BackendError) as exc:
+        backend_on(sock).observe_services([T, U])
+    assert exc.value.errno == errno.EPERM and str(U) in str(exc.value)
+
+
+def test_observe_services_of_no_keys_touches_no_socket():
+    backend = IpvsNetlink()
+    assert backend.observe_services([]) == IpvsObserved()
+    assert backend._conn is None
+
+
+# -- fingerprints ----------------------------------------------------------------------
+
+def test_fingerprint_reads_what_observe_digests(table):
+    sock = KernelSocket(table)
+    backend = backend_on(sock)
+    observed = backend.observe()
+    assert set(observed.service_digests) == set(table.services)
+    sock.requests.clear()
+    assert backend.service_digests() == observed.service_digests
+    # one service dump, then one dest dump per service: nothing else
+    assert [cmd for cmd, _, _ in sock.requests] == [w.IPVS_CMD_GET_SERVICE] + \
+        [w.IPVS_CMD_GET_DEST] * len(table.services)
+
+
+def test_fingerprint_changes_with_the_service_that_changed(table):
+    backend = backend_on(KernelSocket(table))
+    before = backend.service_digests()
+    dest = next(iter(table.dests[U].values()))
+    table.dests[U][dest.key] = IpvsDest(U, dest.addr, dest.port, dest.fwd, dest.weight + 1)
+    after = backend.service_digests()
+    assert after[U] != before[U]
+    assert {k: v for k, v in after.items() if k != U} == {k: v for k, v in before.items() if k != U}
+    assert backend.observe().service_digests == after
+
+
+def test_fingerprint_of_a_service_gone_meanwhile_is_none(table):
+    sock = KernelSocket(table)
+    backend = backend_on(sock)
+    real_answer = sock._answer
+
+    def vanish(cmd, flags, seq, key):
+        if cmd == w.IPVS_CMD_GET_DEST and key == U:
+            return _error(seq, errno.ESRCH)
+        return real_answer(cmd, flags, seq, key)
+    sock._answer = vanish
+    assert backend.service_digests() is None
+
+
+def test_observe_drops_fingerprints_when_the_scanner_misses_a_dest(table, monkeypatch):
+    backend = backend_on(KernelSocket(table))
+    real_scan = scan.DestConfigScanner.scan
+    monkeypatch.setattr(scan.DestConfigScanner, "scan", lambda self, buf, n: real_scan(self, buf, n)[1:])
+    observed = backend.observe()
+    assert observed.service_digests is None
+    assert observed == table.observe()            # the objects themselves are still read
+
+
+def test_the_fake_fingerprints_like_its_observe(table):
+    assert table.service_digests() == table.observe().service_digests
+    assert table.observe_services([T, MISSING]).service_digests == {T: table.service_digests()[T]}
