@@ -71,3 +71,8 @@ class Outcome:
     remaining: Plan                     # what verify still found (empty = verified)
     state: PaskState                    # the state file to write
     observed: Observed | None = None    # the kernel as last read (after the apply, if any)
+
+    @property
+    def verified(self) -> bool:
+        """The apply (if any) succeeded and the kernel now matches the desired state."""
+        return (self.result is None or self.result.ok) and not self.remaining.changed

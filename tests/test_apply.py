@@ -327,3 +327,17 @@ def test_property_partial_read_after_apply_equals_a_full_observe(first, second, 
     after = observe_after(desired, b, before, plan.ops, stats=stats, max_fraction=math.inf)
     assert b.ipvs.observe_calls == 0                  # partial, however much was touched
     assert after == observe(desired, b, stats=stats)
+
+
+def test_outcome_is_verified_only_when_the_apply_succeeded_and_nothing_remains():
+    from pask_ipvs.apply import ApplyResult
+    from pask_ipvs.backend.base import BackendError
+    from pask_ipvs.plan import Plan
+    from pask_ipvs.verify import Outcome
+
+    drift = Plan((Op("set", "sysctl", "net.ipv4.ip_forward", "0", "1"),))
+    failed = ApplyResult(errors=[BackendError("refused")])
+    assert Outcome(Plan(), None, Plan(), PaskState()).verified
+    assert Outcome(drift, ApplyResult(), Plan(), PaskState()).verified
+    assert not Outcome(drift, ApplyResult(), drift, PaskState()).verified
+    assert not Outcome(drift, failed, Plan(), PaskState()).verified

@@ -59,8 +59,7 @@ def record_verified(outcome: "Outcome", desired: "Desired", code: bytes, text: s
     """Into outcome.state: only after a run whose result was verified, with nothing draining."""
     from .kernel_digest import kernel_digest
 
-    verified = (outcome.result is None or outcome.result.ok) and not outcome.remaining.changed
-    if not verified or outcome.state.draining or outcome.observed is None:
+    if not outcome.verified or outcome.state.draining or outcome.observed is None:
         return
     kernel = kernel_digest(outcome.observed)
     if kernel is None:
