@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from lab import (CLIENT, HTTP_PORT, LB, ROOT, SERVERS, UDP_PORT, VIP, HttpError, Lab, config,
-                 in_netns, service, udp_ask, wait_for, who)
+                 curl_cmd, in_netns, service, udp_ask, wait_for, who)
 
 INTERVAL, TIMEOUT, RISE, FALL = 1.0, 0.5, 2, 3
 # The contract: weight 0 within interval x fall + 1 s. PASK_LAB_HEALTH_SLACK adds time
@@ -256,3 +256,74 @@ def test_sighup_applies_an_edited_weight_then_repairs_drift_elsewhere(lb, health
     assert ops == [f"~ dest web {VIP}:80/tcp -> {rs2}:{HTTP_PORT} weight 1 -> 0",
                    f"~ dest dns {VIP}:53/udp -> {rs1}:{UDP_PORT} weight 9 -> 1  (drift)"], ops
     assert kernel_weights() == {rs1: 1, rs2: 0, SERVERS["rs3"]: 1}
+
+
+METRICS = "127.0.0.1:9640"      # the LB namespace's own loopback
+
+
+def scrape(ns: str = LB) -> dict[str, list[tuple[dict, float]]]:
+    """pask-healthd's /metrics read by curl inside ``ns``, parsed by prometheus-client:
+    sample name -> [(labels, value)]."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[tuple[dict, float]]] = {}
+    for family in text_string_to_metric_families(curl_cmd(ns, f"http://{METRICS}/metrics")):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def per_server(samples, name: str, **labels) -> dict[str, float]:
+    """{real server ip: value} of one metric, filtered by ``labels``."""
+    return {lab["real_server"]: v for lab, v in samples.get(name, [])
+            if all(lab.get(k) == str(x) for k, x in labels.items())}
+
+
+def test_metrics_count_the_traffic_and_show_a_dead_server_down(lb, healthd):
+    """A scrape while real requests pass: IPVS's own counters move by what was sent, and
+    a stopped server's pask_real_server_up and weight drop to 0."""
+    rs2 = SERVERS["rs2"]
+    t0 = time.time()
+    d = healthd(config(service(health=health()), metrics={"listen": METRICS}))
+
+    def scraped():
+        try:
+            return scrape()
+        except subprocess.CalledProcessError:
+            assert d.proc.poll() is None, f"pask-healthd exited:\n{d.log.read_text()}"
+            return None
+    before = wait_for(scraped, what="pask-healthd to serve /metrics")
+    web = dict(service="web", vip=VIP, port=80, protocol="tcp")
+    assert per_server(before, "pask_real_server_up", **web) == {ip: 1 for ip in SERVERS.values()}
+    assert per_server(before, "pask_real_server_weight", **web) == {ip: 1 for ip in SERVERS.values()}
+    [(_, applied)] = before["pask_apply_last_success_timestamp_seconds"]
+    assert t0 - 120 < applied <= time.time()
+
+    answers = [who(CLIENT, VIP, 80)[0] for _ in range(9)]
+    assert sorted(answers) == sorted(["rs1", "rs2", "rs3"] * 3)         # rr: 3 each
+
+    def moved():
+        now = scrape()
+        conns = per_server(now, "pask_real_server_connections_total", **web)
+        old = per_server(before, "pask_real_server_connections_total", **web)
+        return now if all(conns[ip] - old[ip] == 3 for ip in SERVERS.values()) else None
+    after = wait_for(moved, what="3 new connections counted on each real server")
+    for name in ("pask_real_server_packets_total", "pask_real_server_bytes_total"):
+        for direction in ("in", "out"):
+            grew = {ip: per_server(after, name, direction=direction, **web)[ip]
+                    - per_server(before, name, direction=direction, **web)[ip] for ip in SERVERS.values()}
+            assert all(v > 0 for v in grew.values()), (name, direction, grew)
+    def service_total(samples) -> float:
+        [value] = [v for lab, v in samples["pask_service_connections_total"] if lab["service"] == "web"]
+        return value
+    assert service_total(after) - service_total(before) == 9
+
+    lb.stop_server("rs2")
+    wait_for(lambda: per_server(scrape(), "pask_real_server_up", **web)[rs2] == 0,
+             what="pask_real_server_up of rs2 to drop to 0")
+    down = scrape()
+    assert per_server(down, "pask_real_server_weight", **web)[rs2] == 0
+    assert kernel_weights()[rs2] == 0
+    assert per_server(down, "pask_health_transitions_total", to="down") == {rs2: 1}
+    assert [v for lab, v in down["pask_service_real_servers_up"] if lab["service"] == "web"] == [2]
+    assert d.stop() == 0

@@ -3,6 +3,7 @@ agree: tests/test_schema.py checks). Read by validation and by the model builder
 
 DEFAULT_VIP_INTERFACE = "pask0"
 DEFAULT_DRAIN_TIMEOUT = 0
+DEFAULT_METRICS_PER_SERVER = True
 DEFAULT_PROTOCOL = "tcp"
 DEFAULT_SCHEDULER = "wlc"
 DEFAULT_NAT_MODE = "dest-nat"

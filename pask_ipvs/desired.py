@@ -14,7 +14,7 @@ from .objects import (
     FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, Desired, IpvsDest, IpvsService, ServiceKey, VipAddress,
 )
 from .health_file import health_key
-from .model import Config, NatMode, OnFailure, ServerState, Service
+from .model import Config, NatMode, OnFailure, RealServer, ServerState, Service
 
 FWD_BY_MODE = {
     NatMode.DEST_NAT: FWD_MASQ,
@@ -98,8 +98,7 @@ def expand(config: Config, fwmarks: Mapping[str, int],
             weight = weights[(rs.address, rs.port)]
             if weight is None:
                 continue
-            port = rs.port if (rs.explicit_port or not svc.uses_fwmark) else 0
-            dest = IpvsDest(key, rs.address, port, fwd, weight)
+            dest = IpvsDest(key, rs.address, dest_port(svc, rs), fwd, weight)
             desired.dests[dest.key] = dest
         if config.vip_interface:
             vips.add(VipAddress(config.vip_interface, svc.vip,
@@ -108,6 +107,12 @@ def expand(config: Config, fwmarks: Mapping[str, int],
     desired.schedulers = frozenset(schedulers)
     desired.nft = render_table(config.services, fwmarks)
     return desired
+
+
+def dest_port(svc: Service, rs: RealServer) -> int:
+    """The port IPVS holds for ``rs``: 0 under a fwmark service unless the config set one
+    (the packet's own port is kept)."""
+    return rs.port if (rs.explicit_port or not svc.uses_fwmark) else 0
 
 
 def effective_weights(service: Service, up: Mapping[str, bool]) -> dict[tuple[str, int], int | None]:

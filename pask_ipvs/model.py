@@ -11,11 +11,11 @@ import enum
 from dataclasses import dataclass, field
 
 from .defaults import (
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH, DEFAULT_NAT_MODE, DEFAULT_NETMASK, DEFAULT_ON_FAILURE,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH, DEFAULT_METRICS_PER_SERVER, DEFAULT_NAT_MODE, DEFAULT_NETMASK, DEFAULT_ON_FAILURE,
     DEFAULT_PROTOCOL, DEFAULT_SCHEDULER, DEFAULT_STATE, DEFAULT_VIP_INTERFACE, DEFAULT_WEIGHT,
     HEALTH_PARAMS,
 )
-from .objects import canonical_address, canonical_network, family_of
+from .objects import canonical_address, canonical_network, family_of, split_listen
 
 
 class Protocol(str, enum.Enum):
@@ -145,10 +145,23 @@ class Service:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """Where pask-healthd serves Prometheus metrics."""
+    address: str                    # bind address, no brackets ("::1" for "[::1]:9640")
+    port: int
+    per_server: bool = True         # False: per-service series only (1024 x 32 is 33k series a metric)
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     services: tuple[Service, ...]
     vip_interface: str | None = "pask0"
     drain_timeout: int = 0          # seconds a removed server drains at weight 0 before deletion; 0 = delete at once
+    metrics: Metrics | None = None
     source: str = "<config>"        # file name, for messages
 
     def service(self, name: str) -> Service:
@@ -248,5 +261,14 @@ def build_model(data: dict, source: str) -> Config:
         services=tuple(build_service(s) for s in data["services"]),
         vip_interface=data.get("vip_interface", DEFAULT_VIP_INTERFACE),
         drain_timeout=int(data.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
+        metrics=build_metrics(data.get("metrics")),
         source=source,
     )
+
+
+def build_metrics(raw: dict | None) -> Metrics | None:
+    if raw is None:
+        return None
+    host, port = split_listen(raw["listen"])  # type: ignore[misc]  # validated
+    return Metrics(address=canonical_address(host), port=int(port),
+                   per_server=bool(raw.get("per_server", DEFAULT_METRICS_PER_SERVER)))

@@ -52,6 +52,14 @@ def canonical_address(text: str) -> str:
     return str(ipaddress.ip_address(text))
 
 
+def split_listen(text: str) -> tuple[str, str] | None:
+    """ "host:port" or "[v6]:port" -> (host, port text); None when it has neither form."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        return (host, port) if sep and host else None
+    host, sep, port = text.rpartition(":")
+    return (host, port) if sep and host and ":" not in host else None
+
 
 @functools.lru_cache(maxsize=1 << 12)
 def canonical_network(text: str) -> str:
@@ -127,8 +135,9 @@ class IpvsDest(NamedTuple):
         return f"{self.key} {self.fwd} weight {self.weight}"
 
 
-@dataclass(frozen=True)
-class Stats:
+class Stats(NamedTuple):
+    """IPVS's counters of a service or destination (a NamedTuple: a scrape at 1024 x 32
+    builds 33k of them, and the dump decoder fills one from a single struct unpack)."""
     conns: int = 0
     inpkts: int = 0
     outpkts: int = 0
@@ -141,8 +150,7 @@ class Stats:
     outbps: int = 0
 
 
-@dataclass(frozen=True)
-class DestStats:
+class DestStats(NamedTuple):
     active_conns: int = 0
     inact_conns: int = 0
     persist_conns: int = 0

@@ -140,6 +140,9 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
             if not request.offline and noop.inputs_unchanged(state, code, text, health_raw):
                 backends = make_backends()
                 if noop.kernel_unchanged(state, backends, out.progress if request.verbose else None):
+                    if not request.planning_only:
+                        state.applied_at = time.time()
+                        save_state(request.state_file, state)
                     _report_unchanged(request, out, report)
                     return []
             try:
@@ -156,6 +159,8 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
                                 backends, plan=planned.plan,
                                 drain_timeout=config.drain_timeout,
                                 progress=None if request.quiet else out.progress)
+            if outcome.verified:
+                outcome.state.applied_at = time.time()
             noop.record_verified(outcome, planned.desired, code, text, health_raw)
             save_state(request.state_file, outcome.state)
             if not cache.save() and request.verbose:

@@ -28,6 +28,7 @@ class PaskState:
     # the last run that left the kernel verified equal to the config: digests of its
     # inputs and of the kernel it read, for the no-op fast path (fastpath/)
     last_verified: dict | None = None
+    applied_at: float | None = None     # epoch s of the last run that left the kernel verified
 
     # -- serialisation --------------------------------------------------------
     def to_json(self) -> dict:
@@ -40,6 +41,7 @@ class PaskState:
             "draining": [[_key_to_json(k.service), k.addr, k.port, t]
                          for k, t in sorted(self.draining.items())],
             **({"fingerprint": self.last_verified} if self.last_verified else {}),
+            **({"applied_at": self.applied_at} if self.applied_at is not None else {}),
         }
 
     @staticmethod
@@ -54,6 +56,7 @@ class PaskState:
             draining={DestKey(_key_from_json(s), a, int(p)): float(t)
                       for s, a, p, t in data.get("draining", [])},
             last_verified=_last_verified_from_json(data.get("fingerprint")),
+            applied_at=_applied_at_from_json(data.get("applied_at")),
         )
 
     def inputs_digest(self, code: bytes, config_text: str, health: bytes) -> str:
@@ -61,12 +64,19 @@ class PaskState:
         the health file, and what this state says pask owns. Equal digests: the same
         desired state (and, with an equal kernel digest, the same empty plan)."""
         h = hashlib.blake2b(code, digest_size=32)
-        owned = json.dumps({k: v for k, v in self.to_json().items() if k != "fingerprint"},
+        owned = json.dumps({k: v for k, v in self.to_json().items() if k not in _NOT_INPUTS},
                            sort_keys=True)
         for part in (config_text.encode(), health, owned.encode()):
             h.update(len(part).to_bytes(8, "little"))
             h.update(part)
         return h.hexdigest()
+
+
+_NOT_INPUTS = ("fingerprint", "applied_at")     # records of runs, not what pask owns
+
+
+def _applied_at_from_json(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _last_verified_from_json(value: object) -> dict | None:

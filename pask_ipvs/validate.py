@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from .defaults import DEFAULT_HEALTH, DEFAULT_NAT_MODE, DEFAULT_PROTOCOL
 from .errors import Lines, PathPart, Problem, format_path
-from .objects import dotted_quad
+from .objects import dotted_quad, split_listen
 
 if TYPE_CHECKING:                 # imported where used: a valid config never needs jsonschema
     import jsonschema
@@ -334,6 +334,21 @@ class _Semantics:
         self.issues.append((path, message))
 
     # -- single values ----------------------------------------------------------
+    def metrics(self, path: Path, listen: object) -> None:
+        if not isinstance(listen, str) or not listen:
+            return
+        parts = split_listen(listen)
+        if parts is None:
+            self.add(path, f"{listen!r} is not address:port (an IPv6 address goes in brackets: "
+                           f"\"[::1]:9640\")")
+            return
+        host, port = parts
+        parsed = _parse_address(host)
+        if isinstance(parsed, str):
+            self.add(path, f"{host!r} in {listen!r} is not an IPv4 or IPv6 address ({parsed})")
+        if not (port.isdigit() and 1 <= int(port) <= 65535):
+            self.add(path, f"port {port!r} in {listen!r} is not a port 1..65535")
+
     def address(self, path: Path, value: object, what: str) -> IpAddress | None:
         if not isinstance(value, str) or not value:
             return None
@@ -570,6 +585,8 @@ def service_clashes(rows: Sequence[tuple[object, object, object]]) -> Iterator[t
 def semantic_issues(data: object, lines: Lines) -> list[Issue]:
     """Stage 2: rules the schema cannot express. Values the schema rejected are skipped."""
     checker = _Semantics(lines)
+    if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
+        checker.metrics(("metrics", "listen"), data["metrics"].get("listen"))
     if isinstance(data, dict) and isinstance(data.get("services"), list):
         checker.services(data["services"])
     return checker.issues

@@ -78,6 +78,7 @@ def test_defaults_match_build_model():
     health = defs()["health"]["properties"]
     assert top["vip_interface"]["default"] == defaults.DEFAULT_VIP_INTERFACE
     assert top["drain_timeout"]["default"] == defaults.DEFAULT_DRAIN_TIMEOUT
+    assert top["metrics"]["properties"]["per_server"]["default"] == defaults.DEFAULT_METRICS_PER_SERVER
     assert svc["protocol"]["default"] == defaults.DEFAULT_PROTOCOL
     assert svc["scheduler"]["default"] == defaults.DEFAULT_SCHEDULER
     assert svc["nat_mode"]["default"] == defaults.DEFAULT_NAT_MODE

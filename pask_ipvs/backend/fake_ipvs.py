@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import socket
-from dataclasses import replace
 from typing import Iterable, Sequence
 
 from ..objects import (
@@ -125,12 +124,12 @@ class FakeIpvs:
 
     def set_conns(self, key: DestKey, active: int, inactive: int = 0, persist: int = 0) -> None:
         old = self.dest_stats.get(key, DestStats())
-        self.dest_stats[key] = replace(old, active_conns=active, inact_conns=inactive,
-                                       persist_conns=persist)
+        self.dest_stats[key] = old._replace(active_conns=active, inact_conns=inactive,
+                                            persist_conns=persist)
 
     def set_stats(self, key: ServiceKey | DestKey, stats: Stats) -> None:
         if isinstance(key, DestKey):
-            self.dest_stats[key] = replace(self.dest_stats.get(key, DestStats()), stats=stats)
+            self.dest_stats[key] = self.dest_stats.get(key, DestStats())._replace(stats=stats)
         else:
             self.service_stats[key] = stats
 

@@ -17,6 +17,7 @@ from .common import EXIT_ERROR, EXIT_OK, ArgParser
 if TYPE_CHECKING:
     from ..backend.base import Backends
     from ..fastpath.config_cache import ConfigCache
+    from ..health.daemon import HealthDaemon
     from ..model import Config
 
 
@@ -46,12 +47,35 @@ def load_inputs(config_path: str, state_file: str,
     return config, dict(load_state(state_file).fwmarks)
 
 
+def serve_metrics(daemon: "HealthDaemon", backends: "Callable[[], Backends]",
+                  state_file: str, log: EventLog) -> str:
+    """Start /metrics for ``daemon`` (config.metrics); its address as bound. OSError when
+    the address cannot be bound: the daemon must not run without the metrics asked for."""
+    from ..health.metrics import DaemonMetrics, KernelCollector, Snapshots, registry_for, serve
+
+    settings = daemon.config.metrics
+    assert settings is not None
+    collector = KernelCollector(
+        lambda: (daemon.config, daemon.fwmarks, daemon.machine.servers.copy()),
+        backends().ipvs, state_file, per_server=settings.per_server,
+        on_error=lambda e: log("metrics_ipvs_failed", level="error", error=str(e)))
+    registry = registry_for(collector)
+    daemon.metrics = DaemonMetrics(registry, per_server=settings.per_server)
+    snapshots = Snapshots(registry, on_error=lambda e: log("metrics_failed", level="error",
+                                                          error=repr(e)))
+    httpd = serve(snapshots, settings.address, settings.port)
+    host, port = httpd.server_address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parser() -> argparse.ArgumentParser:
     p = ArgParser(
         prog="pask-healthd",
         description="Health checks for pask's real servers: failed servers get weight 0 "
                     "(or are removed) within interval x fall seconds and come back after "
-                    "rise passed checks. SIGHUP reloads CONFIG, SIGTERM exits.")
+                    "rise passed checks. SIGHUP reloads CONFIG, SIGTERM exits. With "
+                    "metrics: {listen: ADDR:PORT} in CONFIG it serves Prometheus metrics "
+                    "at http://ADDR:PORT/metrics (and exits 1 at start if it cannot bind).")
     p.add_argument("config", metavar="CONFIG")
     p.add_argument("--state-file", default=DEFAULT_STATE_FILE)
     p.add_argument("--health-file", default=DEFAULT_HEALTH_FILE)
@@ -112,6 +136,14 @@ def main(argv: list[str] | None = None, *, backends: "Callable[[], Backends] | N
     except Exception as e:
         print(f"pask-healthd: cannot read IPVS: {e}", file=sys.stderr)
         return EXIT_ERROR
+    if config.metrics is not None and not args.once:
+        try:
+            where = serve_metrics(daemon, backends, args.state_file, log)
+        except OSError as e:
+            print(f"pask-healthd: cannot serve metrics on {config.metrics.listen} "
+                  f"(metrics.listen): {e.strerror or e}", file=sys.stderr)
+            return EXIT_ERROR
+        log("metrics", listen=where)
     log("start", config=args.config, servers=len(daemon.checks),
         services=len(config.services), once=args.once)
     if args.once:

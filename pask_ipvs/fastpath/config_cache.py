@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .. import __version__
@@ -35,7 +36,7 @@ if TYPE_CHECKING:      # the model's dataclasses cost an import the no-op fast p
     from ..model import Config, Service
 
 CACHE_NAME = "config-cache.pickle"
-FORMAT = 1
+FORMAT = 2
 FULL_PARSE_SHARE = 8       # more than 1/8 of the items new: one full load is cheaper than N small ones
 
 # YAML features a line-based split cannot follow safely: anchors/aliases, tags,
@@ -229,7 +230,8 @@ class ConfigCache:
         from ..storage import write_atomic
         code, file_digest, config, digests, known = self._learnt
         entry: dict = {"format": FORMAT, "code": code, "file": file_digest,
-                       "head": (config.vip_interface, config.drain_timeout)}
+                       "head": pickle.dumps(replace(config, services=(), source=""),
+                                            pickle.HIGHEST_PROTOCOL)}
         if digests is None:
             entry["config"] = pickle.dumps(config.services, pickle.HIGHEST_PROTOCOL)
         else:
@@ -256,11 +258,12 @@ def _from_entry(entry: dict, path: str) -> Config | None:
         else:
             chunks = entry["chunks"]
             services = tuple(pickle.loads(chunks[d]) for d in entry["order"])
-        vip_interface, drain_timeout = entry["head"]
+        head = pickle.loads(entry["head"])
+        if not isinstance(head, Config):
+            return None
     except Exception:
         return None
-    return Config(services=services, vip_interface=vip_interface, drain_timeout=drain_timeout,
-                  source=path)
+    return replace(head, services=services, source=path)
 
 
 def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
@@ -268,9 +271,8 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
     """The config from this process's models (``live``), the cached items (``known``,
     pickled) and the new items, parsed alone; None on any doubt."""
     import pickle
-    from ..defaults import DEFAULT_DRAIN_TIMEOUT, DEFAULT_VIP_INTERFACE
     from ..load import gc_paused, parse_document
-    from ..model import Config, build_service
+    from ..model import build_model, build_service
     from ..validate import validate
 
     with gc_paused():
@@ -307,10 +309,7 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
             services.append(build_service(data[0]))
     if not _services_agree(services):
         return None
-    return Config(services=tuple(services),
-                  vip_interface=head_data.get("vip_interface", DEFAULT_VIP_INTERFACE),
-                  drain_timeout=int(head_data.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
-                  source=path)
+    return replace(build_model(head_doc, path), services=tuple(services))
 
 
 def _aligned(config: Config, items: list[str]) -> bool:

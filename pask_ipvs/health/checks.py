@@ -19,6 +19,7 @@ class Check:
     server: str                # "addr:port" of the real server, for logs
     target: Target
     health: Health
+    port: int = 0              # the real server's port (the target's may be the health port)
 
 
 def checks_of(services: Iterable[Service]) -> dict[str, Check]:
@@ -30,5 +31,6 @@ def checks_of(services: Iterable[Service]) -> dict[str, Check]:
         for rs in svc.real_servers:
             key = health_key(svc.name, rs.address, rs.port)
             out[key] = Check(svc.name, key, str(Target(rs.address, rs.port)),
-                             Target(rs.address, svc.health.port or rs.port, svc.name), svc.health)
+                             Target(rs.address, svc.health.port or rs.port, svc.name), svc.health,
+                             rs.port)
     return out

@@ -97,6 +97,7 @@ class HealthDaemon:
         self.stopping = False
         self.reload_requested = False
         self.resync_due = False                # after a reload: look for drift (resync)
+        self.metrics = None                    # DaemonMetrics when metrics.listen is set
         self.config = dataclasses.replace(config, services=())
         self.set_config(config, self.fwmarks)
         self.machine.retain(self.checks)       # servers of the old health file not in the config
@@ -147,6 +148,11 @@ class HealthDaemon:
             self.log("reload_failed", level="error", errors=[str(e)],
                      message="keeping the running config")
             return False
+        if config.metrics != self.config.metrics:
+            self.log("reload_metrics_unchanged", level="warning",
+                     running=self.config.metrics.listen if self.config.metrics else None,
+                     message="metrics settings take effect when pask-healthd restarts")
+            config = dataclasses.replace(config, metrics=self.config.metrics)
         changed = self.set_config(config, fwmarks)
         self.why.update(dict.fromkeys(changed, ""))      # their writes are the config's
         try:
@@ -276,6 +282,10 @@ class HealthDaemon:
             self.log("probe", level="debug", service=check.service, server=check.server,
                      ok=result.ok, detail=result.detail, elapsed=round(result.elapsed, 4))
         transition = self.machine.record(check.key, result.ok, result.detail)
+        if self.metrics is not None:
+            self.metrics.probe(check, result)
+            if transition is not None:
+                self.metrics.transition(check, transition)
         if transition is not None:
             self.log("transition", service=check.service, server=check.server,
                      old=transition.old_name, new=transition.new_name,

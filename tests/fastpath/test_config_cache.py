@@ -157,6 +157,21 @@ def test_a_changed_head_with_cached_services(tmp_path, cache_file):
     assert (config.vip_interface, config.drain_timeout) == ("lb0", 30)
 
 
+def test_the_whole_head_survives_the_cache(tmp_path, cache_file):
+    """Every top-level key but services (metrics too) comes back from a cached entry."""
+    path = tmp_path / "c.yaml"
+    text = yaml_config(5).replace(
+        "version: 1\n", 'version: 1\ndrain_timeout: 7\nmetrics: {listen: "[::1]:9640", per_server: false}\n')
+    a, b, _, second = load_twice(path, text, cache_file)
+    assert second == "cached" and a == b == load_config(str(path), text)
+    assert b.metrics.listen == "[::1]:9640" and b.metrics.per_server is False
+    moved = text.replace("[::1]:9640", "127.0.0.1:9641")
+    cache = ConfigCache(cache_file)
+    config = cache.load(str(path), moved)
+    assert cache.how == "0 of 5 services parsed"
+    assert config == load_config(str(path), moved) and config.metrics.port == 9641
+
+
 @pytest.mark.parametrize("edit, expect", [
     # a rule between services, broken by the one changed item
     (lambda t: t.replace("name: svc-3\n", "name: svc-4\n"), "duplicate service name"),
