@@ -81,7 +81,7 @@ def run_playbook(playbook: str | Path, work: Path, *flags: str, inventory: str =
                            + ' "$@"\n')
         wrapper.chmod(0o755)
         binary = str(wrapper)
-    env = {"ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"), "ANSIBLE_NOCOLOR": "1",
+    env = {"ANSIBLE_COLLECTIONS_PATH": str(ANSIBLE), "ANSIBLE_NOCOLOR": "1",
            # temp dirs of the run, not of the user running it (whose home may not exist)
            "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"), "ANSIBLE_REMOTE_TMP": str(work / "ansible-remote-tmp"),
            "ANSIBLE_DEPRECATION_WARNINGS": "0",

@@ -2,7 +2,9 @@
 # tools/test.sh — the project's test command (the README's, and CI's via .ci/run).
 #
 #   1. tools/setup.sh        Debian packages + .venv (fast when already done)
-#   2. lint                  ansible-lint (profile production, offline) on the role and playbooks
+#   2. lint                  ansible-lint (profile production, offline) on the pask.ipvs
+#                            collection and the playbooks
+#      sanity                ansible-test sanity on the collection (tools/ansible-sanity)
 #   3. unit tests            .venv/bin/python -m pytest tests/, as the unprivileged user
 #                            nobody: pure, fakes only, no root and no kernel
 #   4. host tests            pytest integration/host/ as root: network namespaces and
@@ -74,6 +76,7 @@ summary() {
 
 if ! stage setup - tools/setup.sh; then summary; exit 1; fi
 stage lint - env PATH="$ROOT/.venv/bin:$PATH" sh -c 'cd ansible && exec ansible-lint --offline --nocolor'
+stage sanity - tools/ansible-sanity
 # The unit tests run as nobody, to prove they need no privilege; their scratch files
 # (JUnit XML, pytest's and hypothesis' temp data) go to a directory nobody owns.
 unit_tests() {

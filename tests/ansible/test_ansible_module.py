@@ -24,8 +24,13 @@ from ansible_play import PlayResult, run_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / "ansible"
-MODULE_FILE = ANSIBLE / "roles" / "pask_ipvs" / "library" / "pask_apply.py"
+COLLECTION = ANSIBLE / "ansible_collections" / "pask" / "ipvs"
+MODULE_FILE = COLLECTION / "plugins" / "modules" / "pask_apply.py"
 STUBS = ANSIBLE / "tests" / "stubs"
+
+_spec = importlib.util.spec_from_file_location("render_units", ROOT / "tools" / "render_units.py")
+render_units = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render_units)
 
 
 # -- the module, with a stand-in AnsibleModule ----------------------------------------
@@ -246,10 +251,10 @@ class Stubbed:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def playbook(self, playbook: str | Path, *flags: str, inventory: str = "localhost,",
-                 **extra_vars) -> PlayResult:
+                 envvars: dict | None = None, **extra_vars) -> PlayResult:
         self.runs += 1
         return run_playbook(playbook, self.tmp / f"run{self.runs}", *flags, inventory=inventory,
-                            extravars={**self.vars, **extra_vars})
+                            extravars={**self.vars, **extra_vars}, envvars=envvars)
 
 
 WEB = {"name": "web", "vip": "10.99.100.1", "port": 80, "protocol": "tcp", "scheduler": "rr",
@@ -366,14 +371,19 @@ def test_the_example_site_playbook_plans_in_check_mode(stubbed):
     assert p.rc == 0, p.dump()
     planned = p.task("Apply the config to the kernel", host="lb1.example.net")
     assert planned["changed"] is True and "+ service web" in planned["plan_text"]
-    unit = p.task("Install the pask-healthd systemd unit", host="lb1.example.net")
-    assert unit["changed"] is True
-    text = unit["diff"][0]["after"] if isinstance(unit["diff"], list) else unit["diff"]["after"]
-    cfg, state = stubbed.vars["pask_config_file"], stubbed.vars["pask_state_file"]
-    assert f"ExecStart={stubbed.bin}/pask-healthd --state-file {state} " in text
-    assert text.count(f" {cfg}\n") == 2    # ExecStartPre=pask-apply ... and ExecStart=... CONFIG
-    assert "ExecReload=/bin/kill -HUP $MAINPID" in text
-    assert not Path("/etc/systemd/system/pask-healthd.service").exists()
+    # The units Ansible would write are the templates packaging/ is rendered from,
+    # with the role's paths: tools/render_units.py renders exactly as Ansible does.
+    paths = {k: stubbed.vars[k] for k in ("pask_bin_dir", "pask_config_file", "pask_state_file",
+                                          "pask_health_file")}
+    for name in render_units.UNITS:
+        unit = p.task(f"Install the {name.split('.')[0]} systemd unit", host="lb1.example.net")
+        assert unit["changed"] is True
+        text = unit["diff"][0]["after"] if isinstance(unit["diff"], list) else unit["diff"]["after"]
+        managed = text.splitlines()[0].removeprefix("# ")
+        assert text == render_units.render(name, {**render_units.PACKAGING_VARS, **paths,
+                                                  "ansible_managed": managed})
+        assert f"ExecStart={stubbed.bin}/{name.split('.')[0]} --state-file " in text
+        assert not Path("/etc/systemd/system", name).exists()
     for rs in ("web1.example.net", "web2.example.net"):
         ran = p.task("Prepare this host as a DSR real server", host=rs)
         assert ran["cmd"][-3:] == ["--vip", "10.99.100.1", "--dry-run"]

@@ -30,21 +30,23 @@ options:
     default: pask-apply
 attributes:
   check_mode:
+    description: Runs C(pask-apply --dry-run) on the config; nothing in the kernel changes.
     support: full
   diff_mode:
+    description: The plan text, one line per kernel change, is the task's diff.
     support: full
 requirements:
   - pask-ipvs on the managed host, run as root (IPVS and nftables need CAP_NET_ADMIN).
-author: pask-ipvs developers
+author: pask-ipvs developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
 - name: Apply the load-balancer config
-  pask_apply:
+  pask.ipvs.pask_apply:
     config: /etc/pask/config.yaml
 
 - name: Apply with a pask-apply from a virtualenv and a custom state file
-  pask_apply:
+  pask.ipvs.pask_apply:
     config: /etc/pask/config.yaml
     executable: /opt/pask-ipvs/bin/pask-apply
     state_file: /var/lib/pask/state.json
@@ -100,7 +102,9 @@ ARGUMENT_SPEC = dict(
     executable=dict(type="str", default="pask-apply"),
 )
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
 
 
 def build_command(executable, params, check_mode):
@@ -184,8 +188,8 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     executable = module.params["executable"]
     if "/" not in executable:
-        found = module.get_bin_path(executable, opt_dirs=["/usr/local/sbin", "/usr/local/bin",
-                                                         "/opt/pask-ipvs/bin"])
+        found = module.get_bin_path(executable,
+                                    opt_dirs=["/usr/local/sbin", "/usr/local/bin", "/opt/pask-ipvs/bin"])
         if not found:
             module.fail_json(msg="%s not found in PATH: install pask-ipvs or set executable" % executable,
                              rc=None, cmd=[executable], errors=[])
