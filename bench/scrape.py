@@ -5,7 +5,8 @@
 
 Applies CONFIG (pask-apply, cold), then for ``per_server: true`` and ``false`` starts
 ``pask-healthd`` on a copy of CONFIG with ``metrics: {listen: 127.0.0.1:PORT}`` and times
-SCRAPES HTTP GETs of /metrics, back to back, from the request to its last byte, next to
+SCRAPES HTTP GETs of /metrics, back to back, from the request to its last byte, plain and
+with ``Accept-Encoding: gzip`` as Prometheus sends it, next to
 one bare IPVS dump with and without stats. The first scrape waits for the first snapshot;
 later ones are answered within the snapshot budget (health/metrics.py, Snapshots) with the
 freshest finished snapshot, whose own IPVS dump time each body reports
@@ -15,6 +16,7 @@ freshest finished snapshot, whose own IPVS dump time each body reports
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import socket
@@ -35,16 +37,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def scrape(url: str) -> tuple[float, int, int, float | None]:
+def scrape(url: str, gzipped: bool = False) -> tuple[float, int, int, float | None]:
+    """(seconds to the last byte, bytes sent, lines, the snapshot's IPVS dump seconds)."""
+    headers = {"Accept-Encoding": "gzip"} if gzipped else {}
     t = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=600) as response:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=600) as response:
         body = response.read()
+        encoding = response.headers.get("Content-Encoding")
     took = time.perf_counter() - t
+    sent = len(body)
+    if gzipped:
+        assert encoding == "gzip", encoding
+        body = gzip.decompress(body)
     dump = None
     for line in body.splitlines():
         if line.startswith(b"pask_ipvs_read_duration_seconds "):
             dump = float(line.split()[1])
-    return took, len(body), body.count(b"\n"), dump
+    return took, sent, body.count(b"\n"), dump
 
 
 def wait_for(url: str, proc: subprocess.Popen, deadline: float) -> None:
@@ -100,15 +109,16 @@ def main() -> int:
         try:
             url = f"http://127.0.0.1:{port}/metrics"
             wait_for(url, proc, time.monotonic() + 600)     # the first snapshot, waited for
-            runs = [scrape(url) for _ in range(args.scrapes)]
+            runs = {gz: [scrape(url, gz) for _ in range(args.scrapes)] for gz in (False, True)}
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-        seconds = [r[0] for r in runs]
-        out[f"per_server_{str(per_server).lower()}"] = {
-            "scrape_s": seconds, "median_s": statistics.median(seconds), "max_s": max(seconds),
-            "snapshot_ipvs_dump_s": [r[3] for r in runs],
-            "bytes": runs[-1][1], "lines": runs[-1][2]}
+        for gz, done in runs.items():
+            seconds = [r[0] for r in done]
+            out[f"per_server_{str(per_server).lower()}" + ("_gzip" if gz else "")] = {
+                "scrape_s": seconds, "median_s": statistics.median(seconds), "max_s": max(seconds),
+                "snapshot_ipvs_dump_s": [r[3] for r in done],
+                "bytes": done[-1][1], "lines": done[-1][2]}
     json.dump(out, sys.stdout, indent=2)
     print()
     return 0

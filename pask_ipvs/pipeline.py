@@ -123,7 +123,7 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
     from .fastpath import noop
     from .fastpath.config_cache import ConfigCache, cache_file_for, code_digest
     from .health_file import read_health_bytes
-    from .state import load_state, save_state
+    from .state import load_state, mark_applied, save_state
     from .storage import locked
 
     try:
@@ -141,8 +141,7 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
                 backends = make_backends()
                 if noop.kernel_unchanged(state, backends, out.progress if request.verbose else None):
                     if not request.planning_only:
-                        state.applied_at = time.time()
-                        save_state(request.state_file, state)
+                        mark_applied(request.state_file)
                     _report_unchanged(request, out, report)
                     return []
             try:
@@ -159,10 +158,10 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
                                 backends, plan=planned.plan,
                                 drain_timeout=config.drain_timeout,
                                 progress=None if request.quiet else out.progress)
-            if outcome.verified:
-                outcome.state.applied_at = time.time()
             noop.record_verified(outcome, planned.desired, code, text, health_raw)
             save_state(request.state_file, outcome.state)
+            if outcome.verified:
+                mark_applied(request.state_file)
             if not cache.save() and request.verbose:
                 out.progress(f"could not write the config cache {cache.cache_file} (not needed)")
     except BlockingIOError:

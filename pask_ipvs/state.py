@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 from .objects import DestKey, ServiceKey, VipAddress
@@ -28,7 +29,6 @@ class PaskState:
     # the last run that left the kernel verified equal to the config: digests of its
     # inputs and of the kernel it read, for the no-op fast path (fastpath/)
     last_verified: dict | None = None
-    applied_at: float | None = None     # epoch s of the last run that left the kernel verified
 
     # -- serialisation --------------------------------------------------------
     def to_json(self) -> dict:
@@ -41,7 +41,6 @@ class PaskState:
             "draining": [[_key_to_json(k.service), k.addr, k.port, t]
                          for k, t in sorted(self.draining.items())],
             **({"fingerprint": self.last_verified} if self.last_verified else {}),
-            **({"applied_at": self.applied_at} if self.applied_at is not None else {}),
         }
 
     @staticmethod
@@ -56,7 +55,6 @@ class PaskState:
             draining={DestKey(_key_from_json(s), a, int(p)): float(t)
                       for s, a, p, t in data.get("draining", [])},
             last_verified=_last_verified_from_json(data.get("fingerprint")),
-            applied_at=_applied_at_from_json(data.get("applied_at")),
         )
 
     def inputs_digest(self, code: bytes, config_text: str, health: bytes) -> str:
@@ -72,11 +70,7 @@ class PaskState:
         return h.hexdigest()
 
 
-_NOT_INPUTS = ("fingerprint", "applied_at")     # records of runs, not what pask owns
-
-
-def _applied_at_from_json(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+_NOT_INPUTS = ("fingerprint",)     # records of runs, not what pask owns
 
 
 def _last_verified_from_json(value: object) -> dict | None:
@@ -110,3 +104,30 @@ def load_state(path: str) -> PaskState:
 
 def save_state(path: str, state: PaskState) -> None:
     write_json_atomic(path, state.to_json())
+
+
+# -- when pask-apply last left the kernel verified ---------------------------------------
+# The mtime of an empty file beside the state file: a no-op run (most runs) records it
+# with one utime, instead of rewriting the whole state file for one number.
+
+def applied_marker_for(state_file: str) -> str:
+    return f"{state_file}.applied"
+
+
+def mark_applied(state_file: str, when: float | None = None) -> None:
+    """Record that a run has just (or at ``when``, epoch s) left the kernel verified."""
+    path = applied_marker_for(state_file)
+    try:
+        os.utime(path, None if when is None else (when, when))
+    except FileNotFoundError:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        if when is not None:
+            os.utime(path, (when, when))
+
+
+def last_applied(state_file: str) -> float | None:
+    """Epoch s of the last verified apply; None if none was ever recorded."""
+    try:
+        return os.stat(applied_marker_for(state_file)).st_mtime
+    except FileNotFoundError:
+        return None

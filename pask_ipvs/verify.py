@@ -61,7 +61,6 @@ def next_state(previous: PaskState, desired: Desired, fwmarks: dict[str, int],
         nft_listing_digest=nft_digest,
         vips=sorted(desired.vips),
         draining=dict(plan.draining),
-        applied_at=previous.applied_at,
     )
 
 

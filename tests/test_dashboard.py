@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import json
-import random
 import re
 
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from builders import config, include, rs, svc
 from conftest import REPO
-from pask_ipvs.backend.fake import fake_backends
-from pask_ipvs.desired import expand
-from pask_ipvs.health.daemon import HealthDaemon
-from pask_ipvs.health.events import EventLog
-from pask_ipvs.health.metrics import DaemonMetrics, KernelCollector, registry_for
-from pask_ipvs.health.probes import Result
+from daemons import metrics_daemon, scrape
 from pask_ipvs.model import Health
-from pask_ipvs.state import PaskState, save_state
+from pask_ipvs.state import mark_applied
 
 DASHBOARD = REPO / "dashboards" / "pask-ipvs.json"
 
@@ -34,26 +25,12 @@ def exported(tmp_path) -> dict[str, set[str]]:
     cfg = config(dataclasses.replace(svc("web", servers=[rs("10.99.2.11"), rs("10.99.2.12")]),
                                      health=health),
                  svc("inner", servers=[rs("10.99.2.11")], filters=[include(src="10.99.1.0/24")]))
-    backends = fake_backends()
-    desired = expand(cfg, {"inner": 1}, {})
-    backends.ipvs.seed(desired.services.values(), desired.dests.values())
-
-    async def probe(h, target):
-        return Result(target.addr != "10.99.2.12", "scripted", 0.01)
-
-    d = HealthDaemon(cfg, backends, fwmarks={"inner": 1}, probe=probe,
-                     log=EventLog(stream=io.StringIO()), rng=random.Random(1))
     state = tmp_path / "state.json"
-    save_state(str(state), PaskState(applied_at=1767225600.0))
-    registry = registry_for(KernelCollector(lambda: (d.config, d.fwmarks, d.machine.servers.copy()),
-                                            backends.ipvs, str(state)))
-    d.metrics = DaemonMetrics(registry)
+    mark_applied(str(state), 1767225600.0)
+    d, _, probe, registry = metrics_daemon(cfg, {"inner": 1}, state_file=str(state))
+    probe.ok["10.99.2.12"] = False
     asyncio.run(d.run_round())
-    out: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
-        for sample in family.samples:
-            out.setdefault(sample.name, set()).update(sample.labels)
-    return out
+    return {name: {k for labels, _ in samples for k in labels} for name, samples in scrape(registry).items()}
 
 
 def problems(expr: str, legend: str, names: dict[str, set[str]]) -> list[str]:

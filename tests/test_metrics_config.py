@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import time
 
 import pytest
 
@@ -10,7 +10,7 @@ from pask_ipvs.backend.fake import fake_backends
 from pask_ipvs.cli.apply import main as apply_main
 from pask_ipvs.model import Metrics
 from pask_ipvs.objects import split_listen
-from pask_ipvs.state import PaskState, load_state
+from pask_ipvs.state import last_applied, mark_applied
 
 HEAD = """\
 version: 1
@@ -76,14 +76,16 @@ def test_split_listen():
     assert split_listen("::5") is None and split_listen("[::]") is None and split_listen(":5") is None
 
 
-# -- pask_apply_last_success_timestamp_seconds: the state's applied_at --------------------------
+# -- pask_apply_last_success_timestamp_seconds: the mtime of <state file>.applied ---------------
 
-def test_applied_at_round_trips_and_is_not_an_input():
-    before = PaskState()
-    after = PaskState(applied_at=1700000000.5)
-    assert PaskState.from_json(json.loads(json.dumps(after.to_json()))).applied_at == 1700000000.5
-    assert before.inputs_digest(b"c", "t", b"h") == after.inputs_digest(b"c", "t", b"h")
-    assert PaskState.from_json({"version": 1, "applied_at": "soon"}).applied_at is None
+def test_the_applied_marker_records_a_time_beside_the_state_file(tmp_path):
+    state = str(tmp_path / "state.json")
+    assert last_applied(state) is None
+    mark_applied(state, 1700000000.5)
+    assert last_applied(state) == 1700000000.5
+    assert not (tmp_path / "state.json").exists()        # the state file is not touched
+    mark_applied(state)
+    assert abs(last_applied(state) - time.time()) < 60
 
 
 def test_a_verified_apply_records_its_time_and_a_dry_run_does_not(tmp_path, capsys):
@@ -93,13 +95,13 @@ def test_a_verified_apply_records_its_time_and_a_dry_run_does_not(tmp_path, caps
     kernel = fake_backends()
     argv = [str(cfg), "--state-file", str(state), "--health-file", str(tmp_path / "h.json")]
     assert apply_main(["--dry-run", *argv], backends=lambda: kernel) == 0
-    assert load_state(str(state)).applied_at is None
+    assert last_applied(str(state)) is None
     assert apply_main(argv, backends=lambda: kernel) == 0
-    first = load_state(str(state)).applied_at
+    first = last_applied(str(state))
     assert first is not None
     # a no-op run (the fast path: nothing planned) is a successful apply too
     assert apply_main(argv, backends=lambda: kernel) == 0
-    assert load_state(str(state)).applied_at >= first
+    assert last_applied(str(state)) >= first
     assert apply_main(["--dry-run", *argv], backends=lambda: kernel) == 0
     assert kernel.ipvs.writes > 0
 
@@ -114,7 +116,7 @@ def test_a_failed_apply_keeps_the_last_success(tmp_path, capsys):
     argv = [str(cfg), "--state-file", str(state), "--health-file", str(tmp_path / "h.json")]
     kernel = fake_backends()
     assert apply_main(argv, backends=lambda: kernel) == 0
-    first = load_state(str(state)).applied_at
+    first = last_applied(str(state))
     cfg.write_text(cfg.read_text() + "  - {name: api, vip: 10.99.100.2, port: 80}\n")
     real_apply = kernel.ipvs.apply
 
@@ -127,4 +129,4 @@ def test_a_failed_apply_keeps_the_last_success(tmp_path, capsys):
     kernel.ipvs.apply = racing_apply
     assert apply_main(argv, backends=lambda: kernel) == 1
     assert "apply failed" in capsys.readouterr().err
-    assert load_state(str(state)).applied_at == first
+    assert last_applied(str(state)) == first

@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..desired import dest_port, service_key
 from ..health_file import health_key
 from ..objects import DestKey, DestStats, Stats
-from ..state import load_state
+from ..state import last_applied
 
 if TYPE_CHECKING:
     from ..model import Config
@@ -119,8 +119,8 @@ class KernelCollector:
         if not self.state_file:
             return
         try:
-            applied_at = load_state(self.state_file).applied_at
-        except (OSError, ValueError):
+            applied_at = last_applied(self.state_file)
+        except OSError:
             return
         if applied_at is not None:
             m = GaugeMetricFamily("pask_apply_last_success_timestamp_seconds",
@@ -237,36 +237,44 @@ class Snapshots:
     servers under a slow CPU: seconds of dump and formatting) is not waited for: that
     scrape gets the last finished one, the next scrape the new one. So a scrape
     answers in about ``budget`` seconds however big the table, each scrape costs at
-    most one IPVS dump, and small tables (the common case) are always served fresh."""
+    most one IPVS dump, and small tables (the common case) are always served fresh.
+
+    Each snapshot is also gzipped once, beside it, for the scrapers that accept it
+    (Prometheus does): 1024 x 32 real servers is 45 MB of text, about 20x less
+    to send, and compressing it here costs the scrape nothing."""
 
     def __init__(self, registry: CollectorRegistry, budget: float = 0.5,
                  on_error: Callable[[Exception], None] | None = None):
         self.registry = registry
         self.budget = budget
         self.on_error = on_error
-        self.body: bytes | None = None
+        self.bodies: tuple[bytes, bytes] | None = None     # (text, gzip of it), of one snapshot
         self.generation = 0                 # snapshots finished (or failed)
         self.running = False
         self.cond = threading.Condition()
 
     def _make(self) -> None:
+        import gzip
+
         from prometheus_client import generate_latest
 
-        body = None
+        bodies = None
         try:
             body = generate_latest(self.registry)
+            bodies = (body, gzip.compress(body, compresslevel=1, mtime=0))
         except Exception as e:              # a collector bug must not kill the server thread
             if self.on_error is not None:
                 self.on_error(e)
         with self.cond:
-            if body is not None:
-                self.body = body
+            if bodies is not None:
+                self.bodies = bodies
             self.running = False
             self.generation += 1
             self.cond.notify_all()
 
-    def get(self) -> bytes | None:
-        """The freshest text this scrape can have within the budget; None if none could be made."""
+    def get(self, gzipped: bool = False) -> bytes | None:
+        """The freshest text this scrape can have within the budget (gzipped, or not);
+        None if none could be made."""
         with self.cond:
             if not self.running:
                 self.running = True
@@ -275,10 +283,10 @@ class Snapshots:
             deadline = time.monotonic() + self.budget
             while self.generation == seen:
                 left = deadline - time.monotonic()
-                if left <= 0 and self.body is not None:
+                if left <= 0 and self.bodies is not None:
                     break
                 self.cond.wait(left if left > 0 else None)     # the first one: wait for it
-            return self.body
+            return None if self.bodies is None else self.bodies[1 if gzipped else 0]
 
 
 def registry_for(collector: KernelCollector | None = None) -> CollectorRegistry:
@@ -287,6 +295,22 @@ def registry_for(collector: KernelCollector | None = None) -> CollectorRegistry:
     if collector is not None:
         registry.register(collector)
     return registry
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip (``gzip;q=0`` refuses it)."""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip"):
+            for param in params.split(";"):
+                name, _, value = param.strip().partition("=")
+                if name.strip().lower() == "q":
+                    try:
+                        return float(value) > 0
+                    except ValueError:
+                        return False
+            return True
+    return False
 
 
 def serve(snapshots: Snapshots, address: str, port: int):
@@ -301,12 +325,16 @@ def serve(snapshots: Snapshots, address: str, port: int):
         if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"pask-healthd serves /metrics\n"]
-        body = snapshots.get()
+        gzipped = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
+        body = snapshots.get(gzipped)
         if body is None:
             start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
             return [b"no metrics could be made: see pask-healthd's log\n"]
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
-                                  ("Content-Length", str(len(body)))])
+        headers = [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body))),
+                   ("Vary", "Accept-Encoding")]
+        if gzipped:
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
         return [body]
 
     class Quiet(WSGIRequestHandler):

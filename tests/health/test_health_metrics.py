@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
-import random
+import gzip
 import socket
 import urllib.error
 import urllib.request
@@ -15,16 +14,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from builders import config, include, rs, svc
+from daemons import metrics_daemon, scrape
 from pask_ipvs.backend.fake import fake_backends
 from pask_ipvs.cli.healthd import main, serve_metrics
-from pask_ipvs.desired import expand
-from pask_ipvs.health.daemon import HealthDaemon
-from pask_ipvs.health.events import EventLog
-from pask_ipvs.health.metrics import DaemonMetrics, KernelCollector, registry_for
-from pask_ipvs.health.probes import Result
-from pask_ipvs.model import Health, Metrics, Protocol
+from pask_ipvs.health.metrics import KernelCollector, registry_for
+from pask_ipvs.model import Health, Metrics
 from pask_ipvs.objects import DestKey, ServiceKey, Stats
-from pask_ipvs.state import PaskState, save_state
+from pask_ipvs.state import mark_applied
 
 WEB = ServiceKey.virtual("tcp", "10.99.100.1", 80)
 A = rs("10.99.2.11", 8080, weight=3)
@@ -32,40 +28,11 @@ B = rs("10.99.2.12", 8080, weight=2)
 TCP = Health(type="tcp", interval=2, timeout=1, rise=1, fall=1)
 
 
-class Probe:
-    def __init__(self):
-        self.ok: dict[str, bool] = {}
-
-    async def __call__(self, health, target) -> Result:
-        return Result(self.ok.get(target.addr, True), "scripted", 0.003)
-
-
 def web(*servers, name="web", **kw):
     return dataclasses.replace(svc(name, "10.99.100.1", 80, servers=list(servers), **kw), health=TCP)
 
 
-def daemon_for(cfg, fwmarks=None, *, per_server=True, state_file=None, seed=True):
-    backends = fake_backends()
-    if seed:
-        desired = expand(cfg, fwmarks or {}, {})
-        backends.ipvs.seed(desired.services.values(), desired.dests.values())
-    probe = Probe()
-    d = HealthDaemon(cfg, backends, fwmarks=fwmarks, probe=probe, log=EventLog(stream=io.StringIO()),
-                     rng=random.Random(1))
-    collector = KernelCollector(lambda: (d.config, d.fwmarks, d.machine.servers.copy()),
-                                backends.ipvs, state_file, per_server=per_server)
-    registry = registry_for(collector)
-    d.metrics = DaemonMetrics(registry, per_server=per_server)
-    return d, backends, probe, registry
-
-
-def scrape(registry) -> dict[str, list]:
-    """name -> [(labels, value)] of every sample (histogram and counter suffixes kept)."""
-    out: dict[str, list] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
+daemon_for = metrics_daemon
 
 
 def value(samples, name, **labels):
@@ -199,11 +166,11 @@ def test_an_ipvs_read_error_is_reported_not_raised():
     assert "pask_real_server_up" not in m and len(errors) == 1
 
 
-def test_last_apply_time_from_the_state_file(tmp_path):
+def test_last_apply_time_from_the_applied_marker(tmp_path):
     state = tmp_path / "state.json"
     d, b, probe, registry = daemon_for(config(web(A)), state_file=str(state))
     assert "pask_apply_last_success_timestamp_seconds" not in scrape(registry)
-    save_state(str(state), PaskState(applied_at=1767225600.25))
+    mark_applied(str(state), 1767225600.25)
     assert value(scrape(registry), "pask_apply_last_success_timestamp_seconds") == 1767225600.25
 
 
@@ -236,6 +203,22 @@ def test_healthd_serves_metrics_over_http(tmp_path):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(f"http://{where}/nothing", timeout=10)
     assert info.value.code == 404
+
+    # Prometheus asks for gzip: the same text, compressed (once per snapshot, not per scrape)
+    request = urllib.request.Request(f"http://{where}/metrics", headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        text = gzip.decompress(response.read()).decode()
+    assert 'real_server="10.99.2.11",service="web",vip="10.99.100.1"} 3.0' in text
+    assert text.splitlines()[:3] == body.splitlines()[:3]
+
+
+@pytest.mark.parametrize("header, gzipped", [
+    ("gzip", True), ("deflate, gzip", True), ("x-gzip", True), ("GZip;q=0.5", True),
+    ("", False), ("deflate", False), ("gzip;q=0", False), ("gzip;q=0.0", False), ("identity", False)])
+def test_gzip_only_for_a_client_that_accepts_it(header, gzipped):
+    from pask_ipvs.health.metrics import accepts_gzip
+    assert accepts_gzip(header) is gzipped
 
 
 def test_a_listen_address_that_cannot_be_bound_stops_the_daemon_at_start(tmp_path, capsys):
@@ -309,6 +292,8 @@ def test_a_fast_snapshot_is_served_fresh_every_scrape():
     registry.register(slow)
     snaps = Snapshots(registry, budget=5.0)
     assert [collections(snaps.get()) for _ in range(3)] == [1, 2, 3]
+    assert collections(gzip.decompress(snaps.get(gzipped=True))) == 4    # the same snapshot, gzipped
+    assert collections(snaps.get()) == 5
 
 
 def test_a_slow_snapshot_is_not_waited_for_past_the_budget():
