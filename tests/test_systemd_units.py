@@ -81,3 +81,16 @@ def test_healthd_restarts_on_failure_but_not_forever():
     text = (REPO / "packaging" / "pask-healthd.service").read_text()
     assert "\nRestart=on-failure\n" in text
     assert "\nStartLimitBurst=5\n" in text.split("[Service]")[0]
+
+
+def test_state_files_elsewhere_are_made_writable(tmp_path):
+    """ProtectSystem=strict leaves only /var/lib/pask writable: a role run with another
+    state or health path gets those directories too, or the daemon could not write."""
+    variables = {**render_units.PACKAGING_VARS, "pask_bin_dir": str(VENV_BIN),
+                 "pask_state_file": "/srv/pask/state.json", "pask_health_file": "/run/pask/health.json"}
+    units = {name: render_units.render(name, variables) for name in render_units.UNITS}
+    assert "\nReadWritePaths=/proc/sys/net /srv/pask /run/pask\n" in units["pask-apply.service"]
+    assert "\nReadWritePaths=/srv/pask /run/pask\n" in units["pask-healthd.service"]
+    assert "ReadWritePaths" not in (REPO / "packaging" / "pask-healthd.service").read_text()
+    done = verify(tmp_path, units)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr

@@ -10,6 +10,7 @@ fails when packaging/ is not what this writes.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def render(name: str, variables: dict) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), trim_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     env.filters["bool"] = _bool
+    env.filters["dirname"] = os.path.dirname
     return env.get_template(name + ".j2").render(**variables)
 
 
