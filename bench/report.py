@@ -270,7 +270,7 @@ def stages_table(d: str) -> str:
 
 PIPELINE = ["code digest", "state read", "health read", "inputs digest",
             "kernel fingerprint (no-op fast path)", "ipvs fingerprint", "fingerprint digest",
-            "config (cache, else load_config)", "changed services parsed", "load_config", "yaml load", "validate", "schema validation", "semantic checks",
+            "config (cache, else load_config)", "changed services parsed", "load_config", "yaml load (fast reader)", "yaml load (exact reader)", "validate", "schema validation", "semantic checks",
             "build model", "fwmarks", "expand", "nft render", "observe",
             "preflight", "diff", "plan text", "op json", "reconcile", "apply", "address batch",
             "address add", "link add", "ipvs write (encode + kernel)", "verify",

@@ -378,7 +378,8 @@ STAGES = [  # (module, attribute, label); a class name in the module means its m
     ("pask_ipvs.fastpath.config_cache", "ConfigCache.load", "config (cache, else load_config)"),
     ("pask_ipvs.fastpath.config_cache", "_load_items", "changed services parsed"),
     ("pask_ipvs.load", "load_config", "load_config"),
-    ("pask_ipvs.load", "parse_document", "yaml load"),
+    ("pask_ipvs.yaml_fast", "read_fast", "yaml load (fast reader)"),
+    ("pask_ipvs.load", "read_exact", "yaml load (exact reader)"),
     ("pask_ipvs.validate", "validate", "validate"),
     ("pask_ipvs.validate", "schema_issues", "schema validation"),
     ("pask_ipvs.validate", "semantic_issues", "semantic checks"),
@@ -455,7 +456,8 @@ def cmd_stages(args: argparse.Namespace) -> int:
 
     timer = StageTimer()
     for mod, attr, label in STAGES:
-        if mod not in sys.modules and mod in ("pask_ipvs.load", "pask_ipvs.validate"):
+        if mod not in sys.modules and mod in ("pask_ipvs.load", "pask_ipvs.validate",
+                                              "pask_ipvs.yaml_fast"):
             _wrap_when_imported(timer, mod, attr, label)
             continue
         owner = importlib.import_module(mod)
@@ -538,7 +540,7 @@ def cmd_floor(args: argparse.Namespace) -> int:
     import gc
     import yaml
 
-    from pask_ipvs import load, model, validate
+    from pask_ipvs import load, model, validate, yaml_fast, yaml_lines
     with open(args.config, encoding="utf-8") as f:
         text = f.read()
 
@@ -555,9 +557,10 @@ def cmd_floor(args: argparse.Namespace) -> int:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     rows["PyYAML + libyaml: yaml.compose (nodes only)"] = best(lambda: yaml.compose(text, Loader=loader))
     rows["PyYAML + libyaml: yaml.load (nodes -> dicts)"] = best(lambda: yaml.load(text, Loader=loader))
-    rows["pask: parse_document (libyaml nodes -> dicts + line map)"] = best(
-        lambda: load.parse_document(args.config, text))
-    data, lines, _ = load.parse_document(args.config, text)
+    rows["pask: exact reader (libyaml nodes -> dicts + line map)"] = best(
+        lambda: load.read_exact(args.config, text))
+    rows["pask: fast reader (scan + yaml-rs)"] = best(lambda: yaml_fast.read_fast(text))
+    data, lines, _ = yaml_lines.parse_document(args.config, text)
     rows["pask: validate (schema + semantic checks)"] = best(lambda: validate.validate(data, lines, args.config))
     rows["pask: build_model"] = best(lambda: model.build_model(data, args.config))
     as_json = json.dumps(data)

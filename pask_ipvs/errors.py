@@ -32,6 +32,17 @@ class Lines(Protocol):
     def line(self, path: "Sequence[PathPart] | str") -> int: ...
 
 
+class _NoLines:
+    """Lines for data whose problems are never shown (the fast reader's: a config with a
+    problem is read again, with lines)."""
+
+    def line(self, path: "Sequence[PathPart] | str") -> int:
+        return 0
+
+
+NO_LINES: Lines = _NoLines()
+
+
 class ConfigError(Exception):
     """A config with problems; ``problems`` is sorted by line, duplicates removed."""
 

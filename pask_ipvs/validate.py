@@ -53,6 +53,77 @@ def validate(data: object, lines: Lines, source: str) -> list[Problem]:
     return [Problem(source, lines.line(path), format_path(path), message) for path, message in issues]
 
 
+def wants_text(path: Sequence[PathPart]) -> bool:
+    """Whether the only scalar the schema accepts at ``path`` is a string: there a plain
+    scalar such as ``on`` or ``010`` means its text, whatever a YAML version makes of it."""
+    types = _types_at(tuple(path))
+    return types is not None and types & {"string", "integer", "number", "boolean"} == {"string"}
+
+
+@functools.cache
+def _types_at(path: Path) -> frozenset[str] | None:
+    """The JSON types the schema allows at ``path`` (every branch), None when it does not say."""
+    nodes = [load_schema()]
+    for part in path:
+        nodes = [child for node in nodes for child in _children(node, part)]
+        if not nodes:
+            return None
+    types: set[str] = set()
+    for node in nodes:
+        node_types = _own_types(node)
+        if node_types is None:
+            return None
+        types |= node_types
+    return frozenset(types)
+
+
+def _branches(node: dict) -> list[dict]:
+    """``node`` with its $ref resolved and its allOf/oneOf/anyOf/then/else branches."""
+    out, todo = [], [node]
+    while todo:
+        n = todo.pop()
+        if not isinstance(n, dict):
+            continue
+        if "$ref" in n:
+            todo.append(load_schema()["$defs"][n["$ref"].rsplit("/", 1)[-1]])
+        out.append(n)
+        for key in ("allOf", "oneOf", "anyOf"):
+            todo.extend(n.get(key, ()))
+        todo.extend(n[key] for key in ("then", "else") if key in n)
+    return out
+
+
+def _children(node: dict, part: PathPart) -> list[dict]:
+    found = []
+    for n in _branches(node):
+        if isinstance(part, str) and part in n.get("properties", {}):
+            found.append(n["properties"][part])
+        elif isinstance(part, int) and isinstance(n.get("items"), dict):
+            found.append(n["items"])
+    return found
+
+
+_JSON_TYPE = {str: "string", bool: "boolean", int: "integer", float: "number", type(None): "null"}
+
+
+def _own_types(node: dict) -> set[str] | None:
+    """Types one subschema (with its branches) allows; None when some branch allows anything.
+    A branch that forbids the key ({"not": {}}) adds none."""
+    types: set[str] = set()
+    for n in _branches(node):
+        if "type" in n:
+            t = n["type"]
+            types |= {t} if isinstance(t, str) else set(t)
+        elif "const" in n:
+            types.add(_JSON_TYPE.get(type(n["const"]), "object"))
+        elif "enum" in n:
+            types |= {_JSON_TYPE.get(type(v), "object") for v in n["enum"]}
+        elif not any(k in n for k in ("$ref", "allOf", "oneOf", "anyOf", "then", "else", "not",
+                                       "if", "properties")):
+            return None
+    return types
+
+
 # -- stage 1: JSON Schema ------------------------------------------------------------
 #
 # Two validators of the one schema.  jsonschema-rs (Rust) answers yes or no:

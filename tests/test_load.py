@@ -7,10 +7,11 @@ import ipaddress
 import pytest
 import yaml
 
-from pask_ipvs import load as load_module
+from pask_ipvs import yaml_lines as lines_module
 from pask_ipvs.defaults import HEALTH_PARAMS
 from pask_ipvs.errors import ConfigError, Problem, format_path, parse_path
-from pask_ipvs.load import LineMap, _Loader, load_config, load_document, parse_document
+from pask_ipvs.load import load_config, load_document
+from pask_ipvs.yaml_lines import LineMap, _Loader, parse_document
 from pask_ipvs.model import build_model
 from pask_ipvs.model import (
     Config, FilterAction, Health, NatMode, OnFailure, Persistence, PortRange, Protocol, ServerState,
@@ -223,7 +224,7 @@ def test_fast_builder_matches_pyyaml_safe_load(text):
 def test_pure_python_fallback_gives_the_same_result(monkeypatch, text):
     """Where PyYAML has no libyaml, the pure-Python loader gives the same data, lines and problems."""
     fast = parse_document("f.yaml", text)
-    monkeypatch.setattr(load_module, "_Loader", load_module._PyLoader)
+    monkeypatch.setattr(lines_module, "_Loader", lines_module._PyLoader)
     slow = parse_document("f.yaml", text)
     assert repr(fast[0]) == repr(slow[0])
     assert fast[2] == slow[2]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pask_ipvs.load import LineMap, load_document
+from pask_ipvs.load import load_document
+from pask_ipvs.yaml_lines import LineMap
 from pask_ipvs.validate import semantic_issues, validate
 
 

@@ -271,19 +271,18 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
     """The config from this process's models (``live``), the cached items (``known``,
     pickled) and the new items, parsed alone; None on any doubt."""
     import pickle
-    from ..load import gc_paused, parse_document
+    from ..errors import NO_LINES
+    from ..load import gc_paused
     from ..model import build_model, build_service
     from ..validate import validate
+    from ..yaml_fast import read_fast
 
     with gc_paused():
-        try:
-            head_data, lines, problems = parse_document(path, head)
-        except ConfigError:
-            return None
-        if problems or not isinstance(head_data, dict) or "services" in head_data:
+        head_data = read_fast(head)          # None: something only the full load may judge
+        if not isinstance(head_data, dict) or "services" in head_data:
             return None
         head_doc = {**head_data, "services": []}
-        if validate(head_doc, lines, path):
+        if validate(head_doc, NO_LINES, path):
             return None
         services: list[Service] = []
         for item, digest in zip(items, digests):
@@ -298,13 +297,10 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
                     continue
                 except Exception:
                     return None
-            try:
-                data, lines, problems = parse_document(path, item)
-            except ConfigError:
+            data = read_fast(item)
+            if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
                 return None
-            if problems or not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
-                return None
-            if validate({**head_data, "services": data}, lines, path):
+            if validate({**head_data, "services": data}, NO_LINES, path):
                 return None
             services.append(build_service(data[0]))
     if not _services_agree(services):

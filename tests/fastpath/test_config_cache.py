@@ -105,8 +105,10 @@ def test_whole_file_hit_parses_nothing(tmp_path, cache_file, monkeypatch):
     text = yaml_config(20)
     want = load_config(str(path), text)
     load_twice(path, text, cache_file)
-    import pask_ipvs.load as load_mod
-    monkeypatch.setattr(load_mod, "parse_document", lambda *a: pytest.fail("parsed on a hit"))
+    import pask_ipvs.yaml_fast as fast_mod
+    import pask_ipvs.yaml_lines as lines_mod
+    monkeypatch.setattr(lines_mod, "parse_document", lambda *a: pytest.fail("parsed on a hit"))
+    monkeypatch.setattr(fast_mod, "read_fast", lambda *a: pytest.fail("parsed on a hit"))
     cache = ConfigCache(cache_file)
     assert cache.load(str(path), text) == want
     assert cache.how == "cached"
@@ -282,8 +284,10 @@ def test_a_resident_cache_returns_the_same_file_without_parsing(tmp_path, monkey
     text = yaml_config(5)
     cache = ConfigCache(None)
     first = cache.load(str(path), text)
-    import pask_ipvs.load as load_mod
-    monkeypatch.setattr(load_mod, "parse_document", lambda *a: pytest.fail("parsed the same file"))
+    import pask_ipvs.yaml_fast as fast_mod
+    import pask_ipvs.yaml_lines as lines_mod
+    monkeypatch.setattr(lines_mod, "parse_document", lambda *a: pytest.fail("parsed the same file"))
+    monkeypatch.setattr(fast_mod, "read_fast", lambda *a: pytest.fail("parsed the same file"))
     assert cache.load(str(path), text) is first and cache.how == "cached"
 
 
