@@ -8,7 +8,8 @@ exact reader's (yaml_lines.py, PyYAML):
 * the text has no plain scalar that the two YAML versions read differently
   (yaml_scalars.py), and none of the features the two readers treat
   differently or that pask reads through PyYAML alone: anchors, aliases,
-  tags, merge keys, directives, document markers, tabs, CR, a BOM;
+  tags, merge keys, directives, document markers, tabs, CR, a BOM, control
+  characters and Unicode line breaks;
 * no line is longer than ``MAX_LINE``: block nesting is bounded by the
   column, and yaml-rs crashes (not raises) past ~10,000 levels;
 * yaml-rs accepts the text, duplicate keys included.
@@ -28,6 +29,14 @@ from .yaml_scalars import HEAD, STARTS
 
 MAX_LINE = 4000
 _CHARS = ("\t", "\r", "\ufeff", "<<", "\n%", "\n---", "\n...")
+# ASCII control characters: PyYAML refuses them, yaml-rs reads them.  Found by
+# deleting every other byte (C speed, where a character-class search crawls).
+_ASCII_CONTROLS = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+_NOT_CONTROL = bytes(b for b in range(256) if b not in _ASCII_CONTROLS)
+# Beyond ASCII (searched only in a text that has any): C1 controls and NEL, which
+# PyYAML refuses or reads as a line break, LS/PS (line breaks in YAML 1.1 only),
+# surrogates and the non-characters.
+_NON_ASCII_ODD = "[\x80-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]"
 
 
 @functools.cache
@@ -42,6 +51,10 @@ def exact_reader_needed(text: str) -> bool:
     if any(c in text for c in _CHARS):
         return True
     if max(map(len, text.split("\n"))) >= MAX_LINE:
+        return True
+    if text.encode("utf-8", "surrogatepass").translate(None, _NOT_CONTROL):
+        return True
+    if not text.isascii() and re.search(_NON_ASCII_ODD, text):
         return True
     return any(scan.search(text) is not None for scan in _scans())
 

@@ -150,9 +150,17 @@ def test_the_scan_sees_an_ambiguous_scalar_wherever_it_can_stand(form, text):
 @pytest.mark.parametrize("doc", [
     "a: &x 1\nb: *x\n", "a: !!str 1\n", "<<: {a: 1}\n", "%YAML 1.1\n---\na: 1\n",
     "a: 1\n---\nb: 2\n", "a:\tb\n", "a: 1\r\n", "\ufeffa: 1\n", "a: " + "x" * 5000 + "\n",
+    "a: x\x01y\n", "a: x\x7fy\n", "a: x\x85y\n", "a: x\x9fy\n", "a: x\u2028y\n", "a: x\u2029y\n",
+    "a: x\ufffey\n",
 ])
 def test_features_the_readers_treat_differently_go_to_the_exact_reader(doc):
     assert read_fast(doc) is None
+
+
+@pytest.mark.parametrize("doc", ["a: x\u00e9y\n", "a: \u00a0x\n", "a: \"\\x41\\N\\L\"\n",
+                                 "a: |+\n  x\n\n", "a: 'x\n  z'\n"])
+def test_usual_text_beyond_ascii_and_escapes_read_fast_and_alike(doc):
+    assert read_fast(doc) == parse_document("f.yaml", doc)[0]
 
 
 @pytest.mark.parametrize("doc", [
@@ -205,7 +213,8 @@ def test_a_valid_config_never_imports_pyyaml():
 # Documents made of plain and quoted scalars in block and flow style: wherever the
 # fast reader answers, the exact reader gives the same data and finds nothing ambiguous.
 QUOTED = ["''", "'it''s'", '"tab\\tq"', '"\\u00e9"', "'#x'", "'on'", '"010"', "'1:20'"]
-ODD = ["a#b", "x: y", "- x", "[x", "&a", "*a", "!t", "'", "9" * 30, "", "a:b", "-", "? x"]
+ODD = ["a#b", "x: y", "- x", "[x", "&a", "*a", "!t", "'", "9" * 30, "", "a:b", "-", "? x",
+       "x\x01y", "x\u2028y", "x\x85y", "k" * 1100]
 KEYS = st.sampled_from(["name", "port", "vip", "a", "b", "real_servers", "on_x"])
 
 
