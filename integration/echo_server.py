@@ -9,7 +9,11 @@ echo_server.py --name rs1 --tcp 8080 --udp 5353 --pidfile /run/rs1.pid``):
   200 with the body ``<name> <peer_ip>``.  Keep-alive is honoured, so a test
   can hold an established connection across a reconfiguration.
 * UDP: every datagram gets ``<name> <peer_ip>`` back, sent from the address it
-  was sent to (IP_PKTINFO), so replies are right for a VIP on ``lo`` (DSR) too.
+  was sent to (IP_PKTINFO / IPV6_PKTINFO), so replies are right for a VIP on
+  ``lo`` (DSR) too.
+* IPv4 and IPv6: each port is served by an IPv4 socket (``--bind``) and an
+  IPv6-only socket (``--bind6``, default ``::``), so an IPv4 peer is reported
+  as ``10.99.1.2``, never as ``::ffff:10.99.1.2``.
 
 The peer ip is what tells the tests which NAT mode is really in effect.
 Stdlib only and imports kept small: Python starts ~10x slower in the test VM.
@@ -29,6 +33,8 @@ import sys
 import threading
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 MAX_HEAD = 16384
 
 
@@ -104,24 +110,41 @@ class HttpServer(socketserver.ThreadingTCPServer):
     request_queue_size = 128
 
 
-def serve_udp(port: int, bind: str) -> threading.Thread:
+class HttpServer6(HttpServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+
+def serve_udp(port: int, bind: str, v6: bool = False) -> threading.Thread:
     """Echo ``<name> <peer_ip>`` from the address each datagram was sent to."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    if v6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     sock.bind((bind, port))
 
     def loop() -> None:
         while True:
-            data, anc, _flags, addr = sock.recvmsg(2048, socket.CMSG_SPACE(12))
+            data, anc, _flags, addr = sock.recvmsg(2048, socket.CMSG_SPACE(20))
             local = None
             for level, kind, cdata in anc:
                 if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(cdata) >= 12:
                     local = cdata[8:12]          # struct in_pktinfo: ifindex, spec_dst, addr
+                elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(cdata) >= 16:
+                    local = cdata[:16]           # struct in6_pktinfo: addr, ifindex
             reply = f"{_Config.name} {addr[0]}\n".encode()
             _log(f"udp {addr[0]} - 200")
             if local is None:
                 sock.sendto(reply, addr)
+            elif v6:
+                pktinfo = struct.pack("=16si", local, 0)
+                sock.sendmsg([reply], [(socket.IPPROTO_IPV6, IPV6_PKTINFO, pktinfo)], 0, addr)
             else:
                 pktinfo = struct.pack("=i4s4s", 0, local, b"\0\0\0\0")
                 sock.sendmsg([reply], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0, addr)
@@ -137,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tcp", type=int, action="append", default=[], help="HTTP port (repeatable)")
     ap.add_argument("--udp", type=int, action="append", default=[], help="UDP echo port (repeatable)")
     ap.add_argument("--bind", default="0.0.0.0")
+    ap.add_argument("--bind6", default="::", help="IPv6 address to serve on too ('' for none)")
     ap.add_argument("--pidfile", help="written once all ports are bound")
     ap.add_argument("--health-file", help="while this file exists /healthz answers 503")
     ap.add_argument("--log", help="append one line per request: proto peer path status")
@@ -146,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     _Config.name, _Config.health_file, _Config.log_path = args.name, args.health_file, args.log
 
     servers = [HttpServer((args.bind, port), HttpHandler) for port in args.tcp]
+    if args.bind6:
+        servers += [HttpServer6((args.bind6, port, 0, 0), HttpHandler) for port in args.tcp]
     for port in args.udp:
         serve_udp(port, args.bind)
+        if args.bind6:
+            serve_udp(port, args.bind6, v6=True)
     for srv in servers:
         threading.Thread(target=srv.serve_forever, daemon=True, name=f"tcp{srv.server_address[1]}").start()
 
@@ -159,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(f"{os.getpid()}\n")
         os.replace(tmp, args.pidfile)
-    print(f"{args.name}: tcp {args.tcp} udp {args.udp} on {args.bind}", file=sys.stderr, flush=True)
+    print(f"{args.name}: tcp {args.tcp} udp {args.udp} on {args.bind} {args.bind6}", file=sys.stderr, flush=True)
     try:
         while not stop.wait(3600):
             pass

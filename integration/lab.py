@@ -2,11 +2,17 @@
 r"""The integration lab: a load balancer, a client, three real servers and a LAN
 client in network namespaces, with real traffic between them.
 
-Topology (every address in 10.99.0.0/16)::
+Topology (every address in 10.99.0.0/16, and dual-stack in fd00:99::/32)::
 
     c1 (10.99.1.2, 10.99.1.3) --veth-- lb (10.99.1.1 | br-lan 10.99.2.1, VIP on pask0)
      \ ret0 10.99.2.60/32                    |
       `---------------------- br-lan: rs1 10.99.2.11, rs2 .12, rs3 .13, lanc 10.99.2.50
+
+IPv6 mirrors it: client net fd00:99:1::/64 (lb ::1, c1 ::2 and ::3), servers'
+LAN fd00:99:2::/64 (lb ::1, rs1 ::11, rs2 ::12, rs3 ::13, lanc ::50, c1's ret0
+::60/128), VIP6 fd00:99:100::1.  Every IPv6 address is ``nodad`` (and DAD is off
+in every namespace), so nothing waits for duplicate address detection.  IPv6
+traffic stays inside these namespaces and fd00:99::/32.
 
 The load balancer is its own namespace ``lb``, not the root namespace: IPVS,
 nftables, sysctls and links are all per network namespace, so pask-apply run
@@ -65,6 +71,18 @@ CLIENT_RETURN_IP = "10.99.2.60"   # c1's leg on the servers' LAN: the DSR return
 CLIENT_NET = "10.99.1.0/24"
 LAN_NET = "10.99.2.0/24"
 SERVERS: dict[str, str] = {"rs1": "10.99.2.11", "rs2": "10.99.2.12", "rs3": "10.99.2.13"}
+# IPv6: the same plan in ULA space (fd00:99::/32 only)
+VIP6 = "fd00:99:100::1"
+VIP6_2 = "fd00:99:100::2"
+LB_CLIENT_SIDE_IP6 = "fd00:99:1::1"
+LB_LAN_IP6 = "fd00:99:2::1"
+CLIENT_IP6 = "fd00:99:1::2"
+CLIENT2_IP6 = "fd00:99:1::3"          # deprecated (preferred_lft 0): used only when bound to
+LAN_CLIENT_IP6 = "fd00:99:2::50"
+CLIENT_RETURN_IP6 = "fd00:99:2::60"
+CLIENT_NET6 = "fd00:99:1::/64"
+LAN_NET6 = "fd00:99:2::/64"
+SERVERS6: dict[str, str] = {"rs1": "fd00:99:2::11", "rs2": "fd00:99:2::12", "rs3": "fd00:99:2::13"}
 HTTP_PORT = 8080                  # real servers' port for NAT modes
 DSR_PORT = 80                     # DSR keeps the VIP's port: servers listen on it too
 UDP_PORT = 5353
@@ -158,9 +176,25 @@ def in_netns(ns: str) -> Iterator[None]:
             os.close(own)
 
 
-def ns_socket(ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+def is_ipv6(addr: str) -> bool:
+    return ":" in addr
+
+
+def family_of(host: str) -> int:
+    """The socket family for an address: AF_INET6 for an IPv6 host, else AF_INET."""
+    return socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
+
+
+def ns_socket(ns: str, family: int | str = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket made in namespace ``ns``; ``family`` may be an address (its family is used)."""
+    if isinstance(family, str):
+        family = family_of(family)
     with in_netns(ns):
         return socket.socket(family, kind)
+
+
+def _host_header(host: str) -> str:
+    return f"[{host}]" if is_ipv6(host) else host
 
 
 def sysctl(ns: str, key: str, value: str | int | None = None) -> str:
@@ -198,13 +232,13 @@ def _parse_http(raw: bytes) -> tuple[int, str]:
 def http_get(ns: str, host: str, port: int, path: str = "/", src: str | None = None,
              timeout: float = HTTP_TIMEOUT) -> tuple[int, str]:
     """One HTTP/1.1 GET from namespace ``ns`` (optionally from source ``src``): (status, body)."""
-    s = ns_socket(ns)
+    s = ns_socket(ns, host)
     try:
         s.settimeout(timeout)
         if src:
             s.bind((src, 0))
         s.connect((host, port))
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {_host_header(host)}\r\nConnection: close\r\n\r\n".encode())
         chunks = []
         while True:
             data = s.recv(65536)
@@ -212,7 +246,7 @@ def http_get(ns: str, host: str, port: int, path: str = "/", src: str | None = N
                 break
             chunks.append(data)
     except OSError as e:
-        raise HttpError(f"GET http://{host}:{port}{path} from {ns}{'/' + src if src else ''}: {e!r}") from e
+        raise HttpError(f"GET http://{_host_header(host)}:{port}{path} from {ns}{'/' + src if src else ''}: {e!r}") from e
     finally:
         s.close()
     return _parse_http(b"".join(chunks))
@@ -248,7 +282,7 @@ class HttpConnection:
     def __init__(self, ns: str, host: str, port: int, src: str | None = None,
                  timeout: float = HTTP_TIMEOUT) -> None:
         self.host, self.port = host, port
-        self.sock = ns_socket(ns)
+        self.sock = ns_socket(ns, host)
         self.sock.settimeout(timeout)
         if src:
             self.sock.bind((src, 0))
@@ -256,7 +290,7 @@ class HttpConnection:
         self._buf = b""
 
     def who(self, path: str = "/") -> tuple[str, str]:
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {_host_header(self.host)}\r\n\r\n".encode())
         while b"\r\n\r\n" not in self._buf:
             self._recv_more()
         head, _, rest = self._buf.partition(b"\r\n\r\n")
@@ -283,10 +317,10 @@ class HttpConnection:
 def udp_ask(ns: str, host: str, port: int, src: str | None = None,
             timeout: float = HTTP_TIMEOUT) -> tuple[str, str]:
     """One UDP datagram to ``host:port`` from a new socket: (server name, peer ip seen)."""
-    s = ns_socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
+    s = ns_socket(ns, host, socket.SOCK_DGRAM)
     try:
         s.settimeout(timeout)
-        s.bind((src or "0.0.0.0", 0))
+        s.bind((src or ("::" if is_ipv6(host) else "0.0.0.0"), 0))
         s.connect((host, port))
         s.send(b"who\n")
         name, peer = s.recv(2048).decode().split()
@@ -314,12 +348,15 @@ class IpvsStats:
 
 
 def ipvs_stats(ns: str = LB) -> dict[str, IpvsStats]:
-    """``ipvsadm -Ln --stats --exact`` by service, e.g. ``"TCP 10.99.100.1:80"`` or ``"FWM 65536"``."""
+    """``ipvsadm -Ln --stats --exact`` by service, e.g. ``"TCP 10.99.100.1:80"``,
+    ``"TCP [fd00:99:100::1]:80"``, ``"FWM 65536"`` or (IPv6) ``"FWM 65536 IPv6"``."""
     out = run(["ipvsadm", "-Ln", "--stats", "--exact"], ns=ns).stdout
     services: dict[str, IpvsStats] = {}
     current: IpvsStats | None = None
     for line in out.splitlines():
         f = line.split()
+        if len(f) == 8 and f[0] == "FWM" and f[2] == "IPv6":    # "FWM  65536 IPv6 ..."
+            f = [f[0], f"{f[1]} IPv6", *f[3:]]
         if len(f) == 7 and f[0] in ("TCP", "UDP", "SCTP", "FWM") and f[2].isdigit():
             current = services[f"{f[0]} {f[1]}"] = IpvsStats(int(f[2]), int(f[3]), int(f[4]))
         elif len(f) == 7 and f[0] == "->" and f[2].isdigit() and current is not None:
@@ -345,10 +382,13 @@ def service(name: str = "web", *, vip: str = VIP, port: int = 80, protocol: str 
             scheduler: str = "rr", nat_mode: str = "dest-nat",
             servers: Iterable[str] = tuple(SERVERS), server_port: int | None = HTTP_PORT,
             weights: dict[str, int] | None = None, **extra: Any) -> dict[str, Any]:
-    """A service entry over lab servers (by name); ``extra`` adds keys (snat_ip, filters...)."""
+    """A service entry over lab servers (by name); ``extra`` adds keys (snat_ip, filters...).
+
+    An IPv6 ``vip`` takes the servers' IPv6 addresses."""
+    addresses = SERVERS6 if is_ipv6(vip) else SERVERS
     real = []
     for s in servers:
-        entry: dict[str, Any] = {"address": SERVERS[s]}
+        entry: dict[str, Any] = {"address": addresses[s]}
         if server_port is not None:
             entry["port"] = server_port
         if weights and s in weights:
@@ -360,6 +400,19 @@ def service(name: str = "web", *, vip: str = VIP, port: int = 80, protocol: str 
 
 def config(*services: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"version": 1, "vip_interface": VIP_INTERFACE, **extra, "services": list(services)}
+
+
+def pask_argv() -> list[str]:
+    """The venv's ``pask`` console script; else the same entry point through this interpreter."""
+    script = ROOT / ".venv" / "bin" / "pask"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from pask_ipvs.cli import main; sys.exit(main())"]
+
+
+def realserver(ns: str, *args: str) -> subprocess.CompletedProcess:
+    """`pask realserver ARGS` inside namespace ``ns`` (as an operator would run it there)."""
+    return run([*pask_argv(), "realserver", *args], ns=ns, check=False, timeout=300)
 
 
 def pask_apply_argv() -> list[str]:
@@ -389,10 +442,15 @@ class Lab:
         subprocess.run(["modprobe", "-a", "ip_vs", "dummy", "veth", "bridge", "ipip"],
                        capture_output=True)      # preloaded in the VM; needed on an IPVS host
         ip_batch(None, [f"netns add {ns}" for ns in NAMESPACES])
+        for ns in NAMESPACES:   # before any link exists: no DAD on link-local addresses either
+            sysctls(ns, {"net.ipv6.conf.default.accept_dad": 0, "net.ipv6.conf.all.accept_dad": 0})
+        sysctls(LB, {"net.ipv6.conf.all.forwarding": 1})
         lb = ["link set lo up",
-              "link add br-lan type bridge", f"addr add {LB_LAN_IP}/24 dev br-lan", "link set br-lan up",
+              "link add br-lan type bridge", f"addr add {LB_LAN_IP}/24 dev br-lan",
+              f"addr add {LB_LAN_IP6}/64 dev br-lan nodad", "link set br-lan up",
               f"link add to-{CLIENT} type veth peer name eth0 netns {CLIENT}",
-              f"addr add {LB_CLIENT_SIDE_IP}/24 dev to-{CLIENT}", f"link set to-{CLIENT} up"]
+              f"addr add {LB_CLIENT_SIDE_IP}/24 dev to-{CLIENT}",
+              f"addr add {LB_CLIENT_SIDE_IP6}/64 dev to-{CLIENT} nodad", f"link set to-{CLIENT} up"]
         lan_ports = {f"to-{ns}": f"eth0 netns {ns}" for ns in (*SERVERS, LAN_CLIENT)}
         lan_ports[f"to-{CLIENT}ret"] = f"ret0 netns {CLIENT}"
         for port, peer in lan_ports.items():
@@ -401,12 +459,17 @@ class Lab:
         ip_batch(LB, lb)
         ip_batch(CLIENT, ["link set lo up", "link set eth0 up", f"addr add {CLIENT_IP}/24 dev eth0",
                           f"addr add {CLIENT2_IP}/24 dev eth0", f"route add default via {LB_CLIENT_SIDE_IP}",
-                          "link set ret0 up", f"addr add {CLIENT_RETURN_IP}/32 dev ret0"])
+                          f"addr add {CLIENT_IP6}/64 dev eth0 nodad", f"addr add {CLIENT2_IP6}/64 dev eth0 nodad preferred_lft 0",
+                          f"route add ::/0 via {LB_CLIENT_SIDE_IP6}",
+                          "link set ret0 up", f"addr add {CLIENT_RETURN_IP}/32 dev ret0",
+                          f"addr add {CLIENT_RETURN_IP6}/128 dev ret0 nodad"])
         # DSR replies (source = VIP) arrive on ret0 while the VIP routes via eth0
         sysctls(CLIENT, {"net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.ret0.rp_filter": 0})
         for ns, addr in (*SERVERS.items(), (LAN_CLIENT, LAN_CLIENT_IP)):
+            addr6 = SERVERS6.get(ns, LAN_CLIENT_IP6)
             ip_batch(ns, ["link set lo up", "link set eth0 up", f"addr add {addr}/24 dev eth0",
-                          f"route add default via {LB_LAN_IP}"])
+                          f"route add default via {LB_LAN_IP}",
+                          f"addr add {addr6}/64 dev eth0 nodad", f"route add ::/0 via {LB_LAN_IP6}"])
         self._lb_defaults = self._read_lb_sysctls()
         for name in SERVERS:
             self.start_server(name, wait=False)
@@ -518,12 +581,21 @@ class Lab:
     def add_vip(self, vip: str = VIP) -> None:
         """What pask-apply does for a VIP; used by the self-check, which runs without pask."""
         exists = run(["ip", "-n", LB, "link", "show", VIP_INTERFACE], check=False).returncode == 0
+        plen = 128 if is_ipv6(vip) else 32
         ip_batch(LB, ([] if exists else [f"link add {VIP_INTERFACE} type dummy"])
-                 + [f"link set {VIP_INTERFACE} up", f"addr add {vip}/32 dev {VIP_INTERFACE}"])
+                 + [f"link set {VIP_INTERFACE} up", f"addr add {vip}/{plen} dev {VIP_INTERFACE}"
+                    + (" nodad" if is_ipv6(vip) else "")])
 
     # -- real servers for direct server return ------------------------------------
     def prepare_dsr(self, mode: str, vip: str = VIP) -> None:
-        """Real-server side of DSR, as an operator (or ``pask realserver up``) would set it."""
+        """Real-server side of DSR, as an operator (or ``pask realserver up``) would set it.
+
+        An IPv6 ``vip`` goes as /128 on ``lo`` (l2-dsr) or on ``ip6tnl0`` (l3-dsr,
+        ip6ip6); IPv6 needs no ARP or rp_filter sysctls (see pask_ipvs/realserver.py).
+        """
+        if is_ipv6(vip):
+            self._prepare_dsr6(mode, vip)
+            return
         for ns in SERVERS:
             ip_batch(ns, [f"route add {CLIENT_NET} via {CLIENT_RETURN_IP}"])   # replies bypass the LB
             if mode == "l2-dsr":
@@ -537,7 +609,28 @@ class Lab:
             else:
                 raise ValueError(mode)
 
+    def _prepare_dsr6(self, mode: str, vip: str) -> None:
+        if mode not in ("l2-dsr", "l3-dsr"):
+            raise ValueError(mode)
+        if mode == "l3-dsr":
+            run(["modprobe", "ip6_tunnel"])      # creates ip6tnl0 in every namespace
+        for ns in SERVERS:
+            lines = [f"route add {CLIENT_NET6} via {CLIENT_RETURN_IP6}"]   # replies bypass the LB
+            if mode == "l2-dsr":
+                lines.append(f"addr add {vip}/128 dev lo nodad")
+            else:
+                lines += ["link set ip6tnl0 up", f"addr add {vip}/128 dev ip6tnl0 nodad"]
+            ip_batch(ns, lines)
+
     def unprepare_dsr(self, mode: str, vip: str = VIP) -> None:
+        if is_ipv6(vip):
+            for ns in SERVERS:
+                run(["ip", "-n", ns, "-6", "route", "del", CLIENT_NET6], check=False)
+                dev = "lo" if mode == "l2-dsr" else "ip6tnl0"
+                run(["ip", "-n", ns, "addr", "del", f"{vip}/128", "dev", dev], check=False)
+                if mode == "l3-dsr":
+                    run(["ip", "-n", ns, "link", "set", "ip6tnl0", "down"], check=False)
+            return
         for ns in SERVERS:
             run(["ip", "-n", ns, "route", "del", CLIENT_NET], check=False)
             dev = "lo" if mode == "l2-dsr" else "tunl0"
@@ -593,7 +686,8 @@ def main(argv: list[str]) -> int:
     lab.up()
     print(f"lab up: client {CLIENT} {CLIENT_IP} -> lb {LB_CLIENT_SIDE_IP} | br-lan {LB_LAN_IP} -> "
           + ", ".join(f"{n} {ip}:{HTTP_PORT}" for n, ip in SERVERS.items())
-          + f"; LAN client {LAN_CLIENT} {LAN_CLIENT_IP}")
+          + f"; LAN client {LAN_CLIENT} {LAN_CLIENT_IP}; IPv6 too: {CLIENT_IP6} -> {LB_CLIENT_SIDE_IP6} | "
+          f"{LB_LAN_IP6} -> {', '.join(SERVERS6.values())}")
     return 0
 
 

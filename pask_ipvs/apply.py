@@ -9,19 +9,38 @@ already ran are undone in reverse.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .backend.base import BackendError, Backends
 from .objects import Desired, NftObserved
-from .plan import IPVS_KINDS, REPLACE, Op, Plan
+from .plan import ADD, IPVS_KINDS, REPLACE, Op, Plan
 
 Progress = Callable[[str], None]
+
+# helper module -> what needs it, for the preflight's message
+MODULE_USERS = {
+    "ip_vs_ftp": "application ftp in a NAT mode: IPVS's FTP helper",
+    "nf_conntrack_ftp": "application ftp in both-nat: conntrack's FTP helper",
+    "nf_nat_ftp": "application ftp in both-nat: the NAT half of conntrack's FTP helper",
+    "nf_conntrack_tftp": "application tftp: conntrack's TFTP helper",
+    "nf_nat_tftp": "application tftp: the NAT half of conntrack's TFTP helper",
+    "nf_conntrack_h323": "application h323: conntrack's H.323 helpers",
+    "nf_nat_h323": "application h323: the NAT half of conntrack's H.323 helpers",
+}
 
 
 def preflight(desired: Desired, backends: Backends) -> list[str]:
     """Problems that would make the apply fail half-way; checked before any change."""
     problems: list[str] = []
+    if desired.modules:
+        missing_modules = (backends.modules.missing(desired.modules) if backends.modules is not None
+                           else list(desired.modules))
+        for name in missing_modules:
+            problems.append(f"kernel module {name} is needed ({MODULE_USERS.get(name, 'helper')}) "
+                            "and this kernel does not have it" if backends.modules is not None else
+                            f"kernel module {name} is needed, and this backend cannot load modules")
     missing = backends.ipvs.missing_schedulers(sorted(desired.schedulers))
     for sched, module in sorted(missing.items()):
         owners = sorted(name for key, name in desired.owners.items()
@@ -91,6 +110,21 @@ def _run_group(group: list[Op], backends: Backends, result: ApplyResult) -> list
 def _run_one(op: Op, backends: Backends, result: ApplyResult) -> None:
     if op.kind == "sysctl":
         backends.sysctl.write(op.label, op.after)
+    elif op.kind == "module":
+        if backends.modules is None:
+            raise BackendError(f"no backend loads kernel modules ({op.label})", 0, op)
+        if op.action == ADD:
+            backends.modules.load(op.after)
+            return
+        try:
+            backends.modules.reload(op.after)
+        except BackendError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            raise BackendError(
+                f"{e} {op.label} reads its parameters only at load, and it is in use by open "
+                f"connections of the services it serves: end them (or unload it by hand), then "
+                f"apply again", e.errno, op) from None
     elif op.kind == "link":
         backends.addr.add_link(op.label)          # creates it, or only sets it up
     elif op.kind == "nft":
@@ -124,9 +158,10 @@ def execute(plan: Plan | Sequence[Op], backends: Backends, *,
 
 
 def _rollback(result: ApplyResult, backends: Backends) -> None:
-    # a sysctl pask set, or its dummy link, is harmless to leave; undoing could hurt others
+    # a sysctl pask set, its dummy link or a module it loaded is harmless to leave;
+    # undoing could hurt others
     undo = [inv for op in reversed(result.applied) if (inv := op.inverse()) is not None
-            and op.kind not in ("sysctl", "link")]
+            and op.kind not in ("sysctl", "link", "module")]
     scratch = ApplyResult()
     for group in _groups(undo):
         errors = _run_group(group, backends, scratch)

@@ -8,6 +8,11 @@ DEFAULT_PROTOCOL = "tcp"
 DEFAULT_SCHEDULER = "wlc"
 DEFAULT_NAT_MODE = "dest-nat"
 DEFAULT_ON_FAILURE = "inhibit"
+DEFAULT_APPLICATION = "none"
+# ftp in a DSR mode: the passive range the fwmark covers, and the persistence a service
+# without its own gets (data connections must reach the server of their control connection).
+DEFAULT_FTP_PASSIVE_PORTS = "1024-65535"
+DEFAULT_FTP_DSR_PERSISTENCE_TIMEOUT = 300
 DEFAULT_WEIGHT = 1
 DEFAULT_STATE = "enabled"
 DEFAULT_NETMASK = {4: "255.255.255.255", 6: "128"}

@@ -11,10 +11,11 @@ import ipaddress
 from typing import Mapping
 
 from .objects import (
-    FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, Desired, IpvsDest, IpvsService, ServiceKey, VipAddress,
+    FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, Desired, IpvsDest, IpvsService, KernelModule, ServiceKey,
+    VipAddress,
 )
 from .health_file import health_key
-from .model import Config, NatMode, OnFailure, RealServer, ServerState, Service
+from .model import Application, Config, NatMode, OnFailure, RealServer, ServerState, Service
 
 FWD_BY_MODE = {
     NatMode.DEST_NAT: FWD_MASQ,
@@ -67,13 +68,43 @@ def sysctls_for(config: Config) -> dict[str, str]:
         "net.ipv4.vs.expire_nodest_conn": "1",
     }
     modes = {s.nat_mode for s in config.services}
-    if any(m.needs_snat for m in modes):
-        out["net.ipv4.vs.conntrack"] = "1"        # nft SNAT of IPVS traffic needs conntrack
+    if any(m.needs_snat for m in modes) or any(s.conntrack_helper for s in config.services):
+        # nft SNAT of IPVS traffic, and conntrack helpers on it, need IPVS to keep conntrack
+        out["net.ipv4.vs.conntrack"] = "1"
     if any(m.is_dsr for m in modes):
         out["net.ipv4.conf.all.accept_local"] = "1"
     if any(s.family == 6 for s in config.services):
         out["net.ipv6.conf.all.forwarding"] = "1"
     return dict(sorted(out.items()))
+
+
+# application -> the conntrack helper modules (helper, then its NAT half) the LB loads for it.
+# nft's `ct helper` object autoloads the helper, never its NAT half: both are loaded here.
+CONNTRACK_HELPER_MODULES = {
+    Application.FTP: ("nf_conntrack_ftp", "nf_nat_ftp"),
+    Application.TFTP: ("nf_conntrack_tftp", "nf_nat_tftp"),
+    Application.H323: ("nf_conntrack_h323", "nf_nat_h323"),
+}
+IPVS_FTP_MODULE = "ip_vs_ftp"
+
+
+def ipvs_ftp(svc: Service) -> bool:
+    """FTP through IPVS's own helper, ip_vs_ftp: it binds to NAT connections only."""
+    return svc.application is Application.FTP and not svc.nat_mode.is_dsr
+
+
+def modules_for(config: Config) -> dict[str, KernelModule]:
+    """The helper modules the services need, in load order. ip_vs_ftp takes the virtual
+    ports it serves as a load-time parameter (``ports``), so the module carries them."""
+    out: dict[str, KernelModule] = {}
+    ftp_ports = sorted({s.port for s in config.services if ipvs_ftp(s)})
+    if ftp_ports:
+        out[IPVS_FTP_MODULE] = KernelModule(IPVS_FTP_MODULE, (("ports", ",".join(map(str, ftp_ports))),))
+    for svc in config.services:
+        if svc.conntrack_helper:
+            for name in CONNTRACK_HELPER_MODULES[svc.application]:
+                out.setdefault(name, KernelModule(name))
+    return out
 
 
 def expand(config: Config, fwmarks: Mapping[str, int],
@@ -83,7 +114,8 @@ def expand(config: Config, fwmarks: Mapping[str, int],
     from .render.nft import render_table
 
     health = health or {}
-    desired = Desired(vip_interface=config.vip_interface, sysctls=sysctls_for(config))
+    desired = Desired(vip_interface=config.vip_interface, sysctls=sysctls_for(config),
+                      modules=modules_for(config))
     vips: set[VipAddress] = set()
     schedulers: set[str] = set()
     for svc in config.services:

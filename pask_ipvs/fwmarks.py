@@ -1,4 +1,5 @@
-"""fwmarks for services with filters: their nft rules mark the traffic, IPVS schedules by mark."""
+"""Marks: fwmarks for services with filters (their nft rules mark the traffic, IPVS schedules
+by mark), and the ct marks that find a conntrack helper's expected flows (model.Service.needs_mark)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ FWMARK_BASE = 0x10000        # first fwmark pask allocates; below is left to oth
 def fwmarks_for(config: "Config", previous: Mapping[str, int]) -> dict[str, int]:
     """The fwmark of every service that needs one, given the marks of the last run
     (the state file's): the one way every pask command allocates them."""
-    return allocate_fwmarks([s.name for s in config.services if s.uses_fwmark],
+    return allocate_fwmarks([s.name for s in config.services if s.needs_mark],
                             {s.name: s.fwmark for s in config.services if s.fwmark},
                             previous)
 

@@ -11,7 +11,8 @@ import enum
 from dataclasses import dataclass, field
 
 from .defaults import (
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH, DEFAULT_METRICS_PER_SERVER, DEFAULT_NAT_MODE, DEFAULT_NETMASK, DEFAULT_ON_FAILURE,
+    DEFAULT_APPLICATION, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FTP_DSR_PERSISTENCE_TIMEOUT,
+    DEFAULT_FTP_PASSIVE_PORTS, DEFAULT_HEALTH, DEFAULT_METRICS_PER_SERVER, DEFAULT_NAT_MODE, DEFAULT_NETMASK, DEFAULT_ON_FAILURE,
     DEFAULT_PROTOCOL, DEFAULT_SCHEDULER, DEFAULT_STATE, DEFAULT_VIP_INTERFACE, DEFAULT_WEIGHT,
     HEALTH_PARAMS,
 )
@@ -56,6 +57,16 @@ class ServerState(str, enum.Enum):
 class OnFailure(str, enum.Enum):
     INHIBIT = "inhibit"     # weight 0, established connections drain
     REMOVE = "remove"       # destination deleted
+
+
+class Application(str, enum.Enum):
+    """An application protocol whose secondary flows (FTP data, TFTP transfers, H.245)
+    must reach the real server of the flow that announced them."""
+
+    NONE = "none"
+    FTP = "ftp"
+    TFTP = "tftp"
+    H323 = "h323"
 
 
 class FilterAction(str, enum.Enum):
@@ -134,6 +145,8 @@ class Service:
     health: Health = field(default_factory=Health)
     on_failure: OnFailure = OnFailure.INHIBIT
     fwmark: int | None = None       # explicit fwmark for a filtered service; else allocated
+    application: Application = Application.NONE
+    passive_ports: PortRange | None = None   # ftp in a DSR mode: the servers' passive range
 
     @property
     def family(self) -> int:
@@ -142,6 +155,21 @@ class Service:
     @property
     def uses_fwmark(self) -> bool:
         return bool(self.filters)
+
+    @property
+    def conntrack_helper(self) -> bool:
+        """Whether a conntrack helper on the LB follows this service's secondary flows:
+        TFTP's and H.323's always; FTP's where the client's address is translated (IPVS's
+        own ip_vs_ftp cannot bring the data flows into that NAT). The helper's expected
+        flows inherit the service's ct mark, which is how pask's NAT rules find them."""
+        if self.application in (Application.TFTP, Application.H323):
+            return True
+        return self.application is Application.FTP and self.nat_mode.needs_snat
+
+    @property
+    def needs_mark(self) -> bool:
+        """A mark of its own: an fwmark service's, or the ct mark of a helper's flows."""
+        return self.uses_fwmark or self.conntrack_helper
 
 
 @dataclass(frozen=True)
@@ -227,6 +255,14 @@ def build_service(raw: dict) -> Service:
         p = raw["persistence"]
         netmask = p.get("netmask", DEFAULT_NETMASK[family])
         persistence = Persistence(timeout=int(p["timeout"]), netmask=str(netmask))
+    application = Application(raw.get("application", DEFAULT_APPLICATION))
+    nat_mode = NatMode(raw.get("nat_mode", DEFAULT_NAT_MODE))
+    protocol = Protocol(raw.get("protocol", DEFAULT_PROTOCOL))
+    filters = tuple(_filter(f) for f in raw.get("filters", ()))
+    passive = None
+    if application is Application.FTP and nat_mode.is_dsr:
+        passive, filters, persistence = _ftp_dsr(vip, port, filters, persistence,
+                                                 raw.get("passive_ports", DEFAULT_FTP_PASSIVE_PORTS))
     servers = tuple(
         RealServer(
             address=canonical_address(rs["address"]),
@@ -241,18 +277,51 @@ def build_service(raw: dict) -> Service:
         name=raw["name"],
         vip=vip,
         port=port,
-        protocol=Protocol(raw.get("protocol", DEFAULT_PROTOCOL)),
+        protocol=protocol,
         scheduler=raw.get("scheduler", DEFAULT_SCHEDULER),
-        nat_mode=NatMode(raw.get("nat_mode", DEFAULT_NAT_MODE)),
+        nat_mode=nat_mode,
         real_servers=servers,
         snat_ip=canonical_address(raw["snat_ip"]) if "snat_ip" in raw else None,
         local_networks=tuple(canonical_network(n) for n in raw.get("local_networks", ())),
         persistence=persistence,
-        filters=tuple(_filter(f) for f in raw.get("filters", ())),
+        filters=filters,
         health=_health(raw.get("health")),
         on_failure=OnFailure(raw.get("on_failure", DEFAULT_ON_FAILURE)),
         fwmark=int(raw["fwmark"]) if "fwmark" in raw else None,
+        application=application,
+        passive_ports=passive,
     )
+
+
+FTP_DATA_PORT = 20
+
+
+def _ftp_dsr(vip: str, port: int, filters: tuple[Filter, ...], persistence: Persistence | None,
+             passive_raw: int | str) -> tuple[PortRange, tuple[Filter, ...], Persistence]:
+    """FTP in a DSR mode: no helper can follow the data connections (the LB never sees
+    the server's replies), so one persistent fwmark service takes the control port,
+    the active-mode data ports (the client's SYN-ACK to the server's data connection
+    comes through the LB) and the servers' passive range: each client's data
+    connections then land on the server that holds its control session.
+
+    Filters the config gave stay (excludes included); without them the service's own
+    VIP and port are the implicit include, as for any service."""
+    passive = port_range(passive_raw)
+    dst = canonical_network(vip)
+    includes = [f for f in filters if f.action is FilterAction.INCLUDE]
+    if not includes:
+        includes = [Filter(FilterAction.INCLUDE, Protocol.TCP, dst=dst, dst_port=PortRange(port, port))]
+    # active data comes from the control port - 1 (RFC 959), and from 20 whatever the
+    # control port with vsftpd and most servers (ftp_data_port): the client's answer to
+    # it must reach the same server
+    data = [Filter(FilterAction.INCLUDE, Protocol.TCP, dst=dst, dst_port=PortRange(p, p))
+            for p in sorted({FTP_DATA_PORT, port - 1})]
+    data.append(Filter(FilterAction.INCLUDE, Protocol.TCP, dst=dst, dst_port=passive))
+    excludes = [f for f in filters if f.action is FilterAction.EXCLUDE]
+    if persistence is None:
+        persistence = Persistence(timeout=DEFAULT_FTP_DSR_PERSISTENCE_TIMEOUT,
+                                  netmask=DEFAULT_NETMASK[family_of(vip)])
+    return passive, tuple(excludes + includes + data), persistence
 
 
 def build_model(data: dict, source: str) -> Config:

@@ -254,6 +254,38 @@ class LinkObserved:
     up: bool
 
 
+class KernelModule(NamedTuple):
+    """A kernel module with the parameters pask needs of it. Each value is a comma list
+    the loaded module must include (ip_vs_ftp's ``ports``): a module loaded with more is
+    fine, one loaded with less must be reloaded, since parameters are read at load."""
+
+    name: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    def param(self, key: str) -> str | None:
+        return dict(self.params).get(key)
+
+    def covers(self, want: "KernelModule") -> bool:
+        """Whether this (loaded) module has every value ``want`` needs."""
+        for key, value in want.params:
+            have = set((self.param(key) or "").split(","))
+            if not set(value.split(",")) <= have:
+                return False
+        return True
+
+    def merged(self, want: "KernelModule") -> "KernelModule":
+        """This module's parameters with ``want``'s values added (a reload keeps what others use)."""
+        out = dict(self.params)
+        for key, value in want.params:
+            have = [v for v in (out.get(key) or "").split(",") if v]
+            values = set(have) | set(value.split(","))
+            out[key] = ",".join(sorted(values, key=lambda v: (len(v), v)))
+        return KernelModule(self.name, tuple(sorted(out.items())))
+
+    def __str__(self) -> str:
+        return " ".join([self.name, *(f"{k}={v}" for k, v in self.params)])
+
+
 @dataclass
 class Desired:
     """What the kernel should hold, expanded from the model. Pure data."""
@@ -266,6 +298,7 @@ class Desired:
     vips: frozenset[VipAddress] = frozenset()
     sysctls: dict[str, str] = field(default_factory=dict)        # "net.ipv4.ip_forward" -> "1"
     schedulers: frozenset[str] = frozenset()                      # kernel scheduler names needed
+    modules: dict[str, KernelModule] = field(default_factory=dict)  # helper modules, load order
 
 
 @dataclass
@@ -277,16 +310,18 @@ class Observed:
     link: LinkObserved | None = None
     vips: frozenset[VipAddress] = frozenset()
     sysctls: Mapping[str, str] = field(default_factory=dict)
+    modules: Mapping[str, KernelModule] = field(default_factory=dict)   # loaded, of those desired
 
 
 # -- a real server for DSR (pask realserver) ---------------------------------------
 
 LOOPBACK, TUNNEL, TUNNEL_MODULE = "lo", "tunl0", "ipip"     # where DSR VIPs live on a real server
+TUNNEL6, TUNNEL6_MODULE = "ip6tnl0", "ip6_tunnel"            # the same for IPv6 VIPs (ip6ip6)
 
 
 @dataclass(frozen=True)
 class HostObserved:
-    """What a real server holds: every link (name -> up), every IPv4 address, some sysctls."""
+    """What a real server holds: every link (name -> up), every IPv4 and IPv6 address, some sysctls."""
 
     links: Mapping[str, bool] = field(default_factory=dict)
     addresses: frozenset[VipAddress] = frozenset()

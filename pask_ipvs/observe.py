@@ -30,7 +30,8 @@ def _observe_rest(desired: Desired, backends: Backends, ipvs: IpvsObserved) -> O
     if desired.vip_interface:
         link, vips = backends.addr.observe(desired.vip_interface)
     sysctls = backends.sysctl.read(desired.sysctls.keys())
-    return Observed(ipvs=ipvs, nft=nft, link=link, vips=vips, sysctls=sysctls)
+    modules = backends.modules.observe(desired.modules) if desired.modules and backends.modules else {}
+    return Observed(ipvs=ipvs, nft=nft, link=link, vips=vips, sysctls=sysctls, modules=modules)
 
 
 def touched_services(ops: Iterable[Op]) -> set[ServiceKey]:

@@ -15,12 +15,12 @@ from .state import PaskState
 
 ADD, SET, DELETE, REPLACE = "add", "set", "delete", "replace"
 IPVS_KINDS = ("service", "dest")        # op kinds the IPVS backend runs
-IPVS_KINDS = ("service", "dest")        # op kinds the IPVS backend runs
 SYMBOLS = {ADD: "+", SET: "~", DELETE: "-", REPLACE: "±"}
 
 # Execution order: (kind, action). New things first, old things last.
 PHASES: tuple[tuple[str, str], ...] = (
-    ("module", ADD),          # pask realserver: a kernel module, before what needs it
+    ("module", ADD),          # a kernel module (helpers, ipip), before what needs it
+    ("module", SET),          # reloaded with more parameter values (ip_vs_ftp ports)
     ("sysctl", SET),
     ("link", ADD),
     ("link", SET),
@@ -110,6 +110,7 @@ def diff(desired: Desired, observed: Observed, state: PaskState | None = None,
     ops: list[Op] = []
     draining: dict[DestKey, float] = {}
 
+    ops.extend(module_ops(desired, observed))
     for key, value in desired.sysctls.items():
         if observed.sysctls.get(key) != value:
             ops.append(Op(SET, "sysctl", key, observed.sysctls.get(key), value))
@@ -168,6 +169,20 @@ def diff(desired: Desired, observed: Observed, state: PaskState | None = None,
 
     ops.extend(_nft_ops(desired.nft, observed, state))
     return Plan(ordered(ops), draining)
+
+
+def module_ops(desired: Desired, observed: Observed) -> list[Op]:
+    """Load what is missing; reload a module whose load-time parameters lack a value the
+    config needs (with the values it had kept). pask never unloads a module: others
+    may use it, and it does nothing without the services that need it."""
+    ops: list[Op] = []
+    for name, want in desired.modules.items():
+        have = observed.modules.get(name)
+        if have is None:
+            ops.append(Op(ADD, "module", name, None, want))
+        elif not have.covers(want):
+            ops.append(Op(SET, "module", name, have, have.merged(want), "reload"))
+    return ops
 
 
 def _nft_ops(want: NftTable | None, observed: Observed, state: PaskState) -> list[Op]:

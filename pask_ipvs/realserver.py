@@ -14,8 +14,19 @@ answers the client itself. So each real server needs, and gets from `up`:
   suppression on ``all``: a VIP on ``tunl0`` would otherwise be answered for on
   the real server's LAN.
 
-`down` removes the VIP addresses (/32 on ``lo`` / ``tunl0``) and nothing else:
-sysctls, ``tunl0`` and the ``ipip`` module stay as they are, because other VIPs
+IPv6 VIPs go as /128, and need fewer settings (docs/kernel-facts.md "IPv6 DSR
+real server"), verified with real IPv6 traffic in the VM:
+
+* l2-dsr: the VIP on ``lo``. Linux answers neighbour solicitations only for
+  addresses of the interface they arrive on, and picks an NS's source from the
+  outgoing interface, so there is nothing like arp_ignore / arp_announce to set.
+* l3-dsr: IPVS tunnels IPv6 in IPv6, so the ``ip6_tunnel`` module (it creates
+  ``ip6tnl0`` in every network namespace), ``ip6tnl0`` up (its fallback tunnel
+  takes ip6ip6 packets only while up), the VIP on ``ip6tnl0``. IPv6 has no
+  rp_filter, and ``lo`` / ``ip6tnl0`` (NOARP) never run DAD, whatever accept_dad.
+
+`down` removes the VIP addresses (/32 or /128 on ``lo`` / ``tunl0`` / ``ip6tnl0``) and
+nothing else: sysctls, the tunnels and their modules stay as they are, because other VIPs
 (or other software) on the host may rely on them and they do nothing without a
 VIP. Re-running `up` or `down` changes nothing the second time.
 
@@ -30,7 +41,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Protocol, Sequence
 
-from .objects import LOOPBACK, TUNNEL, TUNNEL_MODULE, HostObserved, VipAddress
+from .objects import (
+    LOOPBACK, TUNNEL, TUNNEL6, TUNNEL6_MODULE, TUNNEL_MODULE, HostObserved, VipAddress, family_of,
+)
 from .plan import ADD, DELETE, SET, Op, Plan
 
 L2_DSR, L3_DSR = "l2-dsr", "l3-dsr"
@@ -40,17 +53,31 @@ _ARP_ALL = {"net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce
 _ARP_LO = {"net.ipv4.conf.lo.arp_ignore": "1", "net.ipv4.conf.lo.arp_announce": "2"}
 _RP_OFF = {"net.ipv4.conf.all.rp_filter": "0", f"net.ipv4.conf.{TUNNEL}.rp_filter": "0"}
 
-DOWN_NOTE = ("Left as they are: sysctls (arp_ignore, arp_announce, rp_filter), tunl0 and the "
-             "ipip module; other VIPs may rely on them, and they do nothing without a VIP.")
+DOWN_NOTE = ("Left as they are: sysctls (arp_ignore, arp_announce, rp_filter), tunl0, ip6tnl0 "
+             "and the ipip / ip6_tunnel modules; other VIPs may rely on them, and they do nothing "
+             "without a VIP.")
+_MODULE_OF = {TUNNEL: TUNNEL_MODULE, TUNNEL6: TUNNEL6_MODULE}
+_HOST_PREFIX = {4: 32, 6: 128}
 
 
-def vip_interface(mode: str) -> str:
-    """Where the VIP lives on a real server in ``mode``."""
-    return LOOPBACK if mode == L2_DSR else TUNNEL
+def vip_interface(mode: str, family: int = 4) -> str:
+    """Where a VIP of ``family`` (4 or 6) lives on a real server in ``mode``."""
+    if mode == L2_DSR:
+        return LOOPBACK
+    return TUNNEL6 if family == 6 else TUNNEL
 
 
-def required_sysctls(mode: str) -> dict[str, str]:
-    """The sysctls ``mode`` needs, key -> value (order = the order they are written)."""
+def vip_address(mode: str, vip: str) -> VipAddress:
+    """The address ``up`` puts on the host for ``vip``: /32 or /128 on the mode's interface."""
+    family = family_of(vip)
+    return VipAddress(vip_interface(mode, family), vip, _HOST_PREFIX[family])
+
+
+def required_sysctls(mode: str, vips: Sequence[str] | None = None) -> dict[str, str]:
+    """The sysctls ``mode`` needs for ``vips`` (default: IPv4 VIPs), key -> value (order =
+    the order they are written). IPv6 VIPs need none."""
+    if vips is not None and all(family_of(v) == 6 for v in vips):
+        return {}
     if mode == L2_DSR:
         return {**_ARP_ALL, **_ARP_LO}
     return {**_ARP_ALL, **_RP_OFF}
@@ -82,21 +109,28 @@ class RealServerError(Exception):
 # -- pure core -------------------------------------------------------------------
 
 def parse_vips(values: Iterable[str]) -> tuple[str, ...]:
-    """Canonical IPv4 VIPs, duplicates dropped, order kept. ``A.B.C.D/32`` is accepted."""
+    """Canonical IPv4 and IPv6 VIPs, duplicates dropped, order kept. ``A.B.C.D/32`` and
+    ``X::Y/128`` are accepted."""
     out: list[str] = []
     problems: list[str] = []
     for raw in values:
         text = raw.strip()
-        if text.endswith("/32"):
-            text = text[:-3]
+        host = ""
+        if "/" in text:
+            text, _, host = text.partition("/")
         try:
             addr = ipaddress.ip_address(text)
         except ValueError:
-            problems.append(f"--vip {raw!r}: not an IP address (expected e.g. 10.99.100.1)")
+            problems.append(f"--vip {raw!r}: not an IP address (expected e.g. 10.99.100.1 "
+                            "or fd00:99:100::1)")
             continue
-        if addr.version != 4:
-            problems.append(f"--vip {raw}: IPv6 VIPs are not supported by pask realserver "
-                            "(IPv4 only: lo/tunl0 with /32)")
+        if host and host != str(_HOST_PREFIX[addr.version]):
+            problems.append(f"--vip {raw}: a VIP is one address (/{_HOST_PREFIX[addr.version]}), "
+                            "not a network")
+            continue
+        if (addr.is_multicast or addr.is_unspecified or addr.is_loopback
+                or (addr.version == 6 and addr.is_link_local)):
+            problems.append(f"--vip {raw}: not a unicast address a load balancer can serve")
             continue
         if str(addr) not in out:
             out.append(str(addr))
@@ -112,42 +146,51 @@ def plan_up(mode: str, vips: Sequence[str], observed: HostObserved) -> Plan:
     sysctls, and the VIP last, so the host never holds the VIP while it would
     still answer ARP for it.
     """
-    iface = vip_interface(mode)
+    wants = [vip_address(mode, vip) for vip in vips]
+    interfaces = list(dict.fromkeys(w.interface for w in wants))   # tunl0 before ip6tnl0: --vip order
     ops: list[Op] = []
-    if mode == L3_DSR and TUNNEL not in observed.links:
-        ops.append(Op(ADD, "module", TUNNEL_MODULE, None, TUNNEL_MODULE, reason="creates tunl0"))
-    if not observed.links.get(iface, False):
-        before = "down" if iface in observed.links else None
-        ops.append(Op(SET, "link", iface, before, "up"))
-    for key, value in required_sysctls(mode).items():
+    for iface in interfaces:
+        module = _MODULE_OF.get(iface)
+        if module and iface not in observed.links:
+            ops.append(Op(ADD, "module", module, None, module, reason=f"creates {iface}"))
+    for iface in interfaces:
+        if not observed.links.get(iface, False):
+            before = "down" if iface in observed.links else None
+            ops.append(Op(SET, "link", iface, before, "up"))
+    for key, value in required_sysctls(mode, vips).items():
         have = observed.sysctls.get(key)
         if have != value:
             ops.append(Op(SET, "sysctl", key, have, value))
-    for vip in vips:
-        want = VipAddress(iface, vip, 32)
+    for want in wants:
         if want not in observed.addresses:
             ops.append(Op(ADD, "address", str(want), None, want))
     return Plan(tuple(ops))
 
 
 def plan_down(vips: Sequence[str], observed: HostObserved, mode: str | None = None) -> Plan:
-    """Ops that take the VIPs (/32 on lo / tunl0, or on ``mode``'s interface only) away."""
-    interfaces = (vip_interface(mode),) if mode else (LOOPBACK, TUNNEL)
-    ops = [Op(DELETE, "address", str(have), have, None)
-           for vip in vips for iface in interfaces
-           if (have := VipAddress(iface, vip, 32)) in observed.addresses]
+    """Ops that take the VIPs (/32 or /128 on lo / tunl0 / ip6tnl0, or on ``mode``'s
+    interface only) away."""
+    ops = []
+    for vip in vips:
+        family = family_of(vip)
+        interfaces = ((vip_interface(mode, family),) if mode
+                      else (LOOPBACK, TUNNEL6 if family == 6 else TUNNEL))
+        ops += [Op(DELETE, "address", str(have), have, None) for iface in interfaces
+                if (have := VipAddress(iface, vip, _HOST_PREFIX[family])) in observed.addresses]
     return Plan(tuple(ops))
 
 
 def warnings_for(mode: str | None, vips: Sequence[str], observed: HostObserved) -> list[str]:
-    """A VIP on any other link (eth0, ...) makes this host answer ARP for it: say so."""
+    """A VIP on any other link (eth0, ...) makes this host answer ARP (IPv6: neighbour
+    solicitations) for it: say so."""
     if mode is None:
         return []
     out = []
     for a in sorted(observed.addresses):
-        if a.addr in vips and a.interface not in (LOOPBACK, TUNNEL):
+        if a.addr in vips and a.interface not in (LOOPBACK, TUNNEL, TUNNEL6):
+            asks = "neighbour solicitations (NDP)" if family_of(a.addr) == 6 else "ARP"
             out.append(f"warning: {a.addr} is also on {a.interface} ({a.addr}/{a.prefixlen}): this "
-                       f"host answers ARP for it there and takes the VIP's traffic away from the "
+                       f"host answers {asks} for it there and takes the VIP's traffic away from the "
                        f"load balancer; remove it unless this host is meant to own the VIP")
     return out
 
@@ -155,7 +198,11 @@ def warnings_for(mode: str | None, vips: Sequence[str], observed: HostObserved) 
 def outcome(command: str, mode: str | None, vips: Sequence[str], *, changed: bool,
             dry_run: bool) -> str:
     """The closing line an operator reads."""
-    where = vip_interface(mode) if mode else "lo or tunl0"
+    families = sorted({family_of(v) for v in vips})
+    if mode:
+        where = " and ".join(dict.fromkeys(vip_interface(mode, f) for f in families))
+    else:
+        where = " or ".join(["lo", *(TUNNEL6 if f == 6 else TUNNEL for f in families)])
     vip_list = ", ".join(vips)
     if command == "up":
         ready = f"this real server is ready for {mode} ({vip_list} on {where})"
@@ -204,9 +251,13 @@ def hint(op: Op | None) -> str:
     if op is None:
         return ""
     if op.kind == "module":
-        return (" (l3-dsr needs the ipip module for tunl0: install the kernel's modules "
-                "package, or build ipip into the kernel)")
-    if op.kind == "link" and op.label == TUNNEL:
-        return (" (ipip is loaded but this network namespace has no tunl0: check "
-                "net.core.fb_tunnels_only_for_init_net)")
+        iface = next((i for i, m in _MODULE_OF.items() if m == op.label), TUNNEL)
+        return (f" (l3-dsr needs the {op.label} module for {iface}: install the kernel's modules "
+                f"package, or build {op.label} into the kernel)")
+    if op.kind == "link" and op.label in _MODULE_OF:
+        return (f" ({_MODULE_OF[op.label]} is loaded but this network namespace has no "
+                f"{op.label}: check net.core.fb_tunnels_only_for_init_net)")
+    if op.kind == "address" and op.after is not None and family_of(op.after.addr) == 6:
+        return (f" (is IPv6 disabled on {op.after.interface}? check "
+                f"net.ipv6.conf.{op.after.interface}.disable_ipv6)")
     return ""

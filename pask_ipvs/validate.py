@@ -31,6 +31,28 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DSR_MODES = ("l2-dsr", "l3-dsr")
 
+# application -> (protocols it runs on, NAT modes pask carries it in). docs/design.md
+# "Application protocols"; the kernel's side is in docs/kernel-facts.md.
+APPLICATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ftp": (("tcp",), ("dest-nat", "both-nat", "lan-to-lan") + DSR_MODES),
+    "tftp": (("udp",), ("dest-nat", "both-nat", "lan-to-lan")),
+    "h323": (("tcp", "udp"), ("both-nat",)),
+}
+# why a mode cannot carry an application: (application, mode or "dsr") -> reason
+APPLICATION_MODE_LIMITS = {
+    ("tftp", "dsr"): "the TFTP server answers from a new port, which only a conntrack helper on "
+                     "the LB can tie to the request, and in DSR modes the answer never passes the LB",
+    ("h323", "dsr"): "the H.245 and media channels are announced inside the call signalling, which "
+                     "only a conntrack helper on the LB can read, and in DSR modes the answers never "
+                     "pass the LB",
+    ("h323", "dest-nat"): "the kernel's H.323 NAT rewrites the addresses inside the signalling only "
+                          "on a connection netfilter translated, and IPVS's dest-nat is not one: "
+                          "clients would get the real server's H.245 address, and a second "
+                          "server's answer on the same port clashes with the first's (calls hang)",
+    ("h323", "lan-to-lan"): "clients outside local_networks are served as in dest-nat, where the "
+                            "kernel's H.323 NAT cannot rewrite the signalling",
+}
+
 
 @functools.cache
 def load_schema() -> dict:
@@ -513,15 +535,45 @@ class _Semantics:
             for i, flt in enumerate(filters):
                 if isinstance(flt, dict):
                     self.filter(p + ("filters", i), flt, vip, proto)
-        if "fwmark" in svc and _int(svc["fwmark"], 1, 0xFFFFFFFF) is not None and not filters:
+        ftp_dsr = svc.get("application") == "ftp" and mode in DSR_MODES   # an fwmark service too
+        if "fwmark" in svc and _int(svc["fwmark"], 1, 0xFFFFFFFF) is not None and not filters \
+                and not ftp_dsr:
             self.add(p + ("fwmark",), "fwmark is only used by a service with filters "
                                       "(a service without filters is matched by VIP, port and protocol)")
+        self.application(p, svc, proto, mode, port)
         servers = svc.get("real_servers")
         if isinstance(servers, list):
             self.real_servers(p + ("real_servers",), servers, vip, port, mode)
         health = svc.get("health")
         if isinstance(health, dict):
             self.health(p + ("health",), health)
+
+    def application(self, p: Path, svc: dict, proto: str | None, mode: str | None,
+                    port: int | None) -> None:
+        app = svc.get("application", "none")
+        if "passive_ports" in svc:
+            self.port_match(p + ("passive_ports",), svc["passive_ports"])
+            if app != "ftp" or (mode is not None and mode not in DSR_MODES):
+                self.add(p + ("passive_ports",),
+                         "passive_ports is only used by application ftp in l2-dsr or l3-dsr "
+                         "(in NAT modes ip_vs_ftp follows each PASV/EPSV answer itself)")
+        if app not in APPLICATIONS:
+            return
+        where = p + ("application",)
+        protocols, modes = APPLICATIONS[app]
+        if proto is not None and proto not in protocols:
+            self.add(where, f"application {app} runs on {' or '.join(protocols)}, not {proto} "
+                            f"(allowed: protocol {' or '.join(protocols)}, or application none)")
+        if mode is not None and mode not in modes:
+            why = APPLICATION_MODE_LIMITS[(app, "dsr" if mode in DSR_MODES else mode)]
+            self.add(where, f"application {app} cannot work in nat_mode {mode}: {why} "
+                            f"(allowed: {', '.join(modes)})")
+        if port is not None and port == 0:
+            self.add(where, f"application {app} needs its service port: the kernel's helper "
+                            "follows the port the client connected to (allowed: port 1..65535)")
+        elif app == "ftp" and mode in DSR_MODES and port == 1:
+            self.add(where, "application ftp in a DSR mode also takes the active-mode data port "
+                            "(the control port - 1), so the control port must be 2..65535")
 
     def snat(self, p: Path, svc: dict, mode: str | None, vip: IpAddress | None) -> None:
         if "snat_ip" in svc:
@@ -613,7 +665,8 @@ class _Semantics:
             port = _int(svc.get("port"), 0, 65535)
             proto = _choice(svc, "protocol", DEFAULT_PROTOCOL, ("tcp", "udp", "sctp"))
             endpoint = None
-            if (not svc.get("filters") and isinstance(vip_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+            ftp_dsr = svc.get("application") == "ftp" and svc.get("nat_mode") in DSR_MODES
+            if (not svc.get("filters") and not ftp_dsr and isinstance(vip_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address))
                     and port is not None and proto is not None):
                 endpoint = (vip_addr, port, proto)
             mark = _int(svc.get("fwmark"), 1, 0xFFFFFFFF) if "fwmark" in svc else None

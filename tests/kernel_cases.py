@@ -117,6 +117,11 @@ def _nft_refusals() -> dict[str, tuple[list[dict], int]]:
         "concatenation arity": ([table, {"add": {"set": {**p, "name": "s", "type": ["ipv4_addr", "mark"],
                                                          "elem": [{"concat": ["10.99.0.1"]}]}}}],
                                 errno.EINVAL),
+        "ct helper of a type the kernel lacks": ([table, {"add": {"ct helper": {
+            **p, "name": "h", "type": "nosuchhelper", "protocol": "udp", "l3proto": "inet"}}}],
+            errno.ENOENT),
+        "ct helper set to a missing object": ([table, chain("a"), rule("a", {"ct helper": "nope"})],
+                                              errno.ENOENT),
         # refused by the shared guard before nft sees it (libnftables would load them)
         "rule without statements": ([table, chain("a"), {"add": {"rule": {**p, "chain": "a", "expr": []}}}],
                                     errno.EINVAL),

@@ -13,7 +13,7 @@ import pytest
 
 from pask_ipvs.errors import ConfigError
 from pask_ipvs.load import load_config, load_document
-from pask_ipvs.model import NatMode, ServerState
+from pask_ipvs.model import Application, NatMode, ServerState
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -29,7 +29,7 @@ def test_the_expected_examples_exist():
     names = {p.name for p in EXAMPLES.glob("*.yaml")}
     assert {"dest-nat.yaml", "both-nat.yaml", "l2-dsr.yaml", "l3-dsr.yaml", "lan-to-lan.yaml",
             "filters.yaml", "persistence.yaml", "health.yaml", "udp.yaml", "demo.yaml",
-            "scale-1024.yaml", "bad.yaml"} <= names
+            "scale-1024.yaml", "bad.yaml", "applications.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", GOOD, ids=lambda p: p.name)
@@ -77,6 +77,7 @@ def test_examples_cover_every_nat_mode_and_feature():
     assert any(f.action.value == "exclude" for s in services for f in s.filters)
     assert any(s.fwmark for s in services)
     assert {s.health.type for s in services} >= {"tcp", "http", "https", "udp", "dns"}
+    assert {s.application for s in services} == set(Application)
 
 
 def test_health_example_has_backup_and_disabled_servers():

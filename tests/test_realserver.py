@@ -17,6 +17,7 @@ from pask_ipvs.cli.realserver import run
 from pask_ipvs.objects import HostObserved
 
 VIP, VIP2 = "10.99.100.1", "10.99.100.2"
+VIP6, VIP6_2 = "fd00:99:100::1", "fd00:99:100::2"
 
 
 def call(host: FakeRealServerHost, *argv: str) -> tuple[int, str, str]:
@@ -83,10 +84,13 @@ def test_down_removes_only_the_vips_and_by_default_from_lo_and_tunl0():
 
 def test_parse_vips_canonicalises_dedupes_and_rejects_bad_input():
     assert parse_vips(["10.99.100.1", "10.99.100.1/32", "10.99.100.2"]) == (VIP, VIP2)
+    assert parse_vips(["FD00:99:100:0::1", "fd00:99:100::1/128", VIP]) == (VIP6, VIP)
     with pytest.raises(RealServerError) as e:
-        parse_vips(["10.99.100.300", "fd00::1", "10.99.100.0/24"])
-    msg = str(e.value)
-    assert "10.99.100.300" in msg and "IPv6" in msg and "10.99.100.0/24" in msg
+        parse_vips(["10.99.100.300", "fd00::/64", "10.99.100.0/24", "fe80::1", "ff02::1", "::"])
+    lines = str(e.value).splitlines()
+    assert len(lines) == 6 and "10.99.100.300" in lines[0]
+    assert "fd00::/64" in lines[1] and "/128" in lines[1] and "/32" in lines[2]
+    assert all("unicast" in line for line in lines[3:])
 
 
 def test_a_vip_on_another_link_is_a_warning():
@@ -244,8 +248,8 @@ def test_usage_errors_exit_1_not_2(argv, capsys):
 
 def test_bad_vip_is_exit_1_and_nothing_changes():
     host = FakeRealServerHost()
-    code, _, err = call(host, "up", "--vip", "fd00::1", "--mode", "l2-dsr")
-    assert code == 1 and "IPv6" in err and host.changes == []
+    code, _, err = call(host, "up", "--vip", "fd00::/64", "--mode", "l2-dsr")
+    assert code == 1 and "not a network" in err and host.changes == []
 
 
 def test_a_vip_on_eth0_is_warned_about_on_stderr():
@@ -266,3 +270,97 @@ def test_pask_umbrella_dispatches_realserver(monkeypatch, capsys):
                      "--detailed-exitcode"]) == 2
     assert VipAddress("lo", VIP, 32) in host.addresses
     assert "Applied and verified" in capsys.readouterr().out
+
+
+# -- IPv6 VIPs (verified with real IPv6 traffic: integration/test_ipv6.py) ----------
+
+def test_ipv6_l2_plan_is_the_vip_on_lo_as_128_and_no_arp_sysctls():
+    host = FakeRealServerHost()
+    assert required_sysctls("l2-dsr", [VIP6]) == {}
+    plan = plan_up("l2-dsr", [VIP6], host.observe(required_sysctls("l2-dsr", [VIP6])))
+    assert [(op.action, op.kind, op.label, op.after) for op in plan.ops] == [
+        ("set", "link", "lo", "up"),
+        ("add", "address", "fd00:99:100::1/128 dev lo", VipAddress("lo", VIP6, 128)),
+    ]
+
+
+def test_ipv6_l3_plan_loads_ip6_tunnel_and_puts_the_vip_on_ip6tnl0():
+    host = FakeRealServerHost()
+    plan = plan_up("l3-dsr", [VIP6], host.observe(required_sysctls("l3-dsr", [VIP6])))
+    assert [(op.action, op.kind, op.label) for op in plan.ops] == [
+        ("add", "module", "ip6_tunnel"), ("set", "link", "ip6tnl0"),
+        ("add", "address", "fd00:99:100::1/128 dev ip6tnl0")]
+    assert plan.ops[0].reason == "creates ip6tnl0" and plan.ops[1].before is None
+
+
+def test_mixed_families_in_l3_need_both_tunnels_and_the_ipv4_sysctls():
+    host = FakeRealServerHost(ipip_loaded=True)
+    plan = plan_up("l3-dsr", [VIP, VIP6], host.observe(required_sysctls("l3-dsr", [VIP, VIP6])))
+    kinds = [(op.kind, op.label) for op in plan.ops]
+    assert kinds[0] == ("module", "ip6_tunnel") and ("module", "ipip") not in kinds
+    assert ("link", "tunl0") in kinds and ("link", "ip6tnl0") in kinds
+    assert ("sysctl", "net.ipv4.conf.tunl0.rp_filter") in kinds
+    assert kinds[-2:] == [("address", "10.99.100.1/32 dev tunl0"),
+                          ("address", "fd00:99:100::1/128 dev ip6tnl0")]
+
+
+def test_ipv6_up_l3_applies_verifies_and_second_run_changes_nothing():
+    host = FakeRealServerHost()
+    code, out, err = call(host, "up", "--vip", VIP6, "--vip", VIP6_2, "--mode", "l3-dsr",
+                          "--detailed-exitcode")
+    assert code == 2, err
+    assert "+ module ip6_tunnel  (creates ip6tnl0)" in out
+    assert "~ link ip6tnl0 absent -> up" in out
+    assert "+ address fd00:99:100::2/128 dev ip6tnl0" in out
+    assert "sysctl" not in out and "tunl0 " not in out
+    assert "Applied and verified: this real server is ready for l3-dsr" in out and "on ip6tnl0" in out
+    assert host.changes[0] == "modprobe ip6_tunnel" and host.links["ip6tnl0"] is True
+    assert {VipAddress("ip6tnl0", VIP6, 128), VipAddress("ip6tnl0", VIP6_2, 128)} <= host.addresses
+    assert host.sysctls == FakeRealServerHost.SYSCTL_DEFAULTS      # IPv6 needs no sysctl
+    before = list(host.changes)
+    code, out, _ = call(host, "up", "--vip", VIP6, "--vip", VIP6_2, "--mode", "l3-dsr",
+                        "--detailed-exitcode")
+    assert code == 0 and host.changes == before and out.startswith("No changes")
+
+
+def test_ipv6_down_removes_the_128_from_lo_and_ip6tnl0_only():
+    host = FakeRealServerHost(ip6_tunnel_loaded=True)
+    call(host, "up", "--vip", VIP6, "--mode", "l2-dsr")
+    call(host, "up", "--vip", VIP6, "--vip", VIP, "--mode", "l3-dsr")
+    code, report = call_json(host, "down", "--vip", VIP6, "--detailed-exitcode")
+    assert code == 2 and report["verified"] is True
+    assert [op["key"] for op in report["ops"]] == ["fd00:99:100::1/128 dev lo",
+                                                   "fd00:99:100::1/128 dev ip6tnl0"]
+    assert VipAddress("tunl0", VIP, 32) in host.addresses and host.links["ip6tnl0"] is True
+    code, out, _ = call(host, "down", "--vip", VIP6, "--detailed-exitcode")
+    assert code == 0 and out.startswith("No changes: fd00:99:100::1 no longer on lo or ip6tnl0.")
+
+
+def test_missing_ip6_tunnel_module_is_a_clear_error():
+    host = FakeRealServerHost(ip6_tunnel_available=False)
+    code, report = call_json(host, "up", "--vip", VIP6, "--mode", "l3-dsr")
+    assert code == 1
+    (msg,) = report["errors"]
+    assert "modprobe ip6_tunnel" in msg and "l3-dsr needs the ip6_tunnel module for ip6tnl0" in msg
+    assert msg.endswith("nothing was changed")
+
+
+def test_ip6_tunnel_loaded_but_no_ip6tnl0_in_this_netns_names_the_sysctl():
+    host = FakeRealServerHost(tunnel_in_netns=False)
+    code, _, err = call(host, "up", "--vip", VIP6, "--mode", "l3-dsr")
+    assert code == 1
+    assert "ip6tnl0 does not exist" in err and "fb_tunnels_only_for_init_net" in err
+
+
+def test_ipv6_disabled_on_lo_is_a_clear_error():
+    host = FakeRealServerHost(ipv6_disabled={"lo"})
+    code, _, err = call(host, "up", "--vip", VIP6, "--mode", "l2-dsr")
+    assert code == 1 and "Permission denied" in err and "net.ipv6.conf.lo.disable_ipv6" in err
+
+
+def test_an_ipv6_vip_on_eth0_is_warned_about_as_ndp():
+    host = FakeRealServerHost()
+    host.links["eth0"] = True
+    host.addresses.add(VipAddress("eth0", VIP6, 64))
+    code, report = call_json(host, "up", "--vip", VIP6, "--mode", "l2-dsr")
+    assert code == 0 and "eth0" in report["warnings"][0] and "neighbour solicitations" in report["warnings"][0]

@@ -21,7 +21,8 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
 PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd kmod file
           ipvsadm nftables libnftables1 iproute2 curl procps python3-venv python3-dev
-          keepalived systemd)
+          keepalived systemd
+          vsftpd tftpd-hpa tftp-hpa conntrack)   # application tests: real FTP/TFTP servers and clients
 
 # ---- 1. Debian packages ------------------------------------------------------
 missing=()
@@ -37,7 +38,13 @@ else
     say "apt-get update"
     apt-get update
     say "apt-get install -y --no-install-recommends ${PACKAGES[*]}"
+    # Daemons installed for the tests (vsftpd, tftpd-hpa, keepalived) must not start on
+    # this host: the tests start them in their own network namespaces.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1; fi
     apt-get install -y --no-install-recommends "${PACKAGES[@]}" </dev/null
+    if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
 fi
 ls /lib/modules/*/kernel/net/netfilter/ipvs/ip_vs.ko* >/dev/null 2>&1 \
     || die "no kernel modules with IPVS under /lib/modules (linux-image-amd64 did not install?)"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import replace
 from typing import Any, Callable
 
 import pytest
@@ -23,7 +24,9 @@ from pask_ipvs.backend.base import BackendError
 from pask_ipvs.backend.fake_nft import FakeNft
 from kernel_cases import NFT_REFUSALS
 from pask_ipvs.backend.nft import DIGEST_CHAIN, NftLib
-from pask_ipvs.model import Filter, FilterAction, NatMode, PortRange, Protocol, RealServer, Service
+from pask_ipvs.model import (
+    Application, Filter, FilterAction, NatMode, PortRange, Protocol, RealServer, Service,
+)
 from pask_ipvs.objects import NftTable
 from pask_ipvs.render.nft import render_table
 from builders import svc
@@ -98,8 +101,20 @@ def mixed() -> NftTable:
         svc("v6l2l", "fd00:99::1", 443, mode=NatMode.LAN_TO_LAN, local_networks=("fd00:2::/64",)),
         svc("v6mark", "fd00:99::2", mode=NatMode.LAN_TO_LAN, local_networks=("fd00:2::/64",),
             filters=(Filter(INC, src="fd00:2::/64"),)),
+        # conntrack helpers, by VIP and by fwmark, IPv4 and IPv6
+        replace(svc("tftp", "10.99.100.5", 69, proto=Protocol.UDP), application=Application.TFTP),
+        replace(svc("tftp6", "fd00:99::3", 69, proto=Protocol.UDP, mode=NatMode.BOTH_NAT,
+                    snat_ip="fd00:2::1"), application=Application.TFTP),
+        replace(svc("q931", "10.99.100.5", 1720, mode=NatMode.BOTH_NAT, snat_ip="10.99.2.1",
+                    filters=(Filter(INC, dst="10.99.100.5/32", dst_port=PortRange(1720, 1720)),)),
+                application=Application.H323),
+        replace(svc("ras", "10.99.100.5", 1719, proto=Protocol.UDP, mode=NatMode.BOTH_NAT,
+                    snat_ip="10.99.2.1"), application=Application.H323),
+        replace(svc("ftp-l", "10.99.100.6", 21, mode=NatMode.LAN_TO_LAN,
+                    local_networks=("10.99.2.0/24", "10.99.5.0/24")), application=Application.FTP),
     ]
-    marks = {"web": 0x10000, "dns": 0x10001, "broad": 0x10002, "v6": 0x10003, "v6mark": 0x10004}
+    marks = {"web": 0x10000, "dns": 0x10001, "broad": 0x10002, "v6": 0x10003, "v6mark": 0x10004,
+             "q931": 0x10005, "tftp": 0x10006, "tftp6": 0x10007, "ras": 0x10008, "ftp-l": 0x10009}
     table = render_table(services, marks)
     assert table is not None
     return table

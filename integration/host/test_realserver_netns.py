@@ -39,8 +39,8 @@ def _ns_sysctl(ns: str, key: str) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _ns_addrs(ns: str, dev: str) -> set[str]:
-    out = subprocess.run(["ip", "-n", ns, "-j", "-4", "addr", "show", "dev", dev],
+def _ns_addrs(ns: str, dev: str, family: str = "-4") -> set[str]:
+    out = subprocess.run(["ip", "-n", ns, "-j", family, "addr", "show", "dev", dev],
                          capture_output=True, text=True, check=True).stdout
     return {f"{a['local']}/{a['prefixlen']}" for link in json.loads(out or "[]")
             for a in link.get("addr_info", [])}
@@ -83,3 +83,23 @@ def test_linux_host_l3_dsr_without_changing_this_hosts_kernel(fresh_netns):
         assert cp.returncode == 1
         assert "modprobe ipip" in cp.stderr and "l3-dsr needs the ipip module" in cp.stderr, cp.stderr
         assert _ns_addrs(ns, "lo") == set()
+
+
+@pytest.mark.netns
+def test_linux_host_ipv6_l2_dsr_in_a_network_namespace(fresh_netns):
+    """An IPv6 VIP: /128 on lo, no sysctl (traffic: integration/test_ipv6.py)."""
+    ns, vip6 = fresh_netns, "fd00:99:100::1"
+    cp = _netns_realserver(ns, "up", "--vip", vip6, "--mode", "l2-dsr", "--detailed-exitcode",
+                           "--format", "json")
+    assert cp.returncode == 2, cp.stderr + cp.stdout
+    report = json.loads(cp.stdout)
+    assert report["verified"] is True
+    assert [(op["kind"], op["key"]) for op in report["ops"]] == [
+        ("link", "lo"), ("address", f"{vip6}/128 dev lo")]
+    assert f"{vip6}/128" in _ns_addrs(ns, "lo", "-6")
+    assert _ns_sysctl(ns, "net.ipv4.conf.all.arp_ignore") == "0"      # IPv6 needs no ARP settings
+    again = _netns_realserver(ns, "up", "--vip", vip6, "--mode", "l2-dsr", "--detailed-exitcode")
+    assert again.returncode == 0 and again.stdout.startswith("No changes"), again.stderr + again.stdout
+    down = _netns_realserver(ns, "down", "--vip", vip6, "--detailed-exitcode")
+    assert down.returncode == 2 and f"- address {vip6}/128 dev lo" in down.stdout, down.stderr + down.stdout
+    assert f"{vip6}/128" not in _ns_addrs(ns, "lo", "-6")

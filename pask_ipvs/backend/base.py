@@ -11,7 +11,9 @@ import errno as _errno
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
 
-from ..objects import IpvsObserved, LinkObserved, NftObserved, NftTable, ServiceKey, VipAddress
+from ..objects import (
+    IpvsObserved, KernelModule, LinkObserved, NftObserved, NftTable, ServiceKey, VipAddress,
+)
 
 
 class BackendError(Exception):
@@ -81,6 +83,20 @@ class SysctlBackend(Protocol):
     def write(self, key: str, value: str) -> None: ...
 
 
+class ModuleBackend(Protocol):
+    def observe(self, names: Iterable[str]) -> dict[str, KernelModule]:
+        """Those of ``names`` that are loaded, each with its parameters as loaded."""
+
+    def missing(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` this kernel neither has loaded nor can load."""
+
+    def load(self, module: KernelModule) -> None:
+        """modprobe it with its parameters."""
+
+    def reload(self, module: KernelModule) -> None:
+        """Unload it and load it with these parameters; BackendError (EBUSY) while in use."""
+
+
 @dataclass
 class Backends:
     ipvs: IpvsBackend
@@ -88,3 +104,4 @@ class Backends:
     addr: AddrBackend
     sysctl: SysctlBackend
     extra: dict = field(default_factory=dict)
+    modules: ModuleBackend | None = None    # None: a kernel whose modules pask may not touch

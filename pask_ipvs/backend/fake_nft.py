@@ -42,8 +42,12 @@ _NAT_STMTS = {"snat", "dnat", "masquerade", "redirect"}
 _VERDICTS = {"accept", "drop", "return", "continue"}
 _STATEMENTS = _NAT_STMTS | _VERDICTS | {
     "match", "counter", "mangle", "jump", "goto", "vmap", "log", "limit", "meta", "ct",
-    "notrack", "reject", "set", "map", "queue", "quota", "fwd", "dup", "xt",
+    "notrack", "reject", "set", "map", "queue", "quota", "fwd", "dup", "xt", "ct helper",
 }
+# conntrack helpers a `ct helper` object can name (nf_conntrack_*), with their protocols
+_CT_HELPERS = {"ftp": {"tcp"}, "tftp": {"udp"}, "Q.931": {"tcp"}, "RAS": {"udp"}, "H.245": {"tcp"},
+               "sip": {"tcp", "udp"}, "irc": {"tcp"}, "amanda": {"udp"}, "pptp": {"tcp"},
+               "snmp": {"udp"}, "netbios-ns": {"udp"}, "sane": {"tcp"}}
 _PROTOS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58, "dccp": 33, "udplite": 136,
            "gre": 47, "esp": 50, "ah": 51}
 _TYPES = {"ipv4_addr", "ipv6_addr", "mark", "inet_proto", "inet_service", "verdict",
@@ -78,6 +82,7 @@ class _Table:
     handle: int
     chains: dict[str, _Chain] = field(default_factory=dict)
     sets: dict[str, _Set] = field(default_factory=dict)
+    helpers: dict[str, dict] = field(default_factory=dict)      # ct helper objects, with handle
 
 
 class FakeNft:
@@ -144,6 +149,8 @@ class FakeNft:
             return []
         out: list[dict] = [{"metainfo": {"version": "fake", "json_schema_version": 1}},
                            {"table": {"family": NFT_FAMILY, "name": NFT_TABLE, "handle": t.handle}}]
+        for h in t.helpers.values():
+            out.append({"ct helper": dict(h)})
         for name, s in t.sets.items():
             body = {**s.obj, "handle": s.handle}
             if s.elems:
@@ -211,6 +218,8 @@ class _Tx:
             self._add_elems(s, obj.get("elem", []))
         elif verb == "add" and kind == "rule":
             self._add_rule(obj)
+        elif verb == "add" and kind == "ct helper":
+            self._add_ct_helper(obj)
         else:
             raise _err(f"Unknown command '{verb} {kind}'", _errno.EINVAL)
 
@@ -238,6 +247,27 @@ class _Tx:
                 raise _err("Could not process rule: Operation not supported", _errno.EOPNOTSUPP)
             return
         t.chains[name] = _Chain(clean, handle=self._next())
+
+    def _add_ct_helper(self, obj: dict) -> None:
+        t = self._need_table()
+        for item in ("name", "type", "protocol"):
+            if item not in obj:
+                raise _err(f"Object item not found: {item}", _errno.EINVAL)
+        protos = _CT_HELPERS.get(obj["type"])
+        if protos is None:       # the kernel finds no helper of that name: nft says ENOENT
+            raise _err("Could not process rule: No such file or directory", _errno.ENOENT)
+        if obj["protocol"] not in protos:
+            raise _err("Could not process rule: No such file or directory", _errno.ENOENT)
+        if obj.get("l3proto", "inet") not in ("ip", "ip6", "inet"):
+            raise _err(f"Invalid l3proto '{obj['l3proto']}'", _errno.EINVAL)
+        clean = {"family": NFT_FAMILY, "name": obj["name"], "table": NFT_TABLE,
+                 "type": obj["type"], "protocol": obj["protocol"], "l3proto": obj.get("l3proto", "inet")}
+        have = t.helpers.get(obj["name"])
+        if have is not None:
+            if {k: have[k] for k in clean} != clean:
+                raise _err("Could not process rule: File exists", _errno.EEXIST)
+            return
+        t.helpers[obj["name"]] = {**clean, "handle": self._next()}
 
     def _add_set(self, kind: str, obj: dict) -> None:
         t = self._need_table()
@@ -395,6 +425,9 @@ class _Tx:
         elif k == "mangle":
             if not isinstance(arg, dict) or "key" not in arg or "value" not in arg:
                 raise _err("Object item not found: key", _errno.EINVAL)
+        elif k == "ct helper":
+            if not isinstance(arg, str) or arg not in self._need_table().helpers:
+                raise _err("Could not process rule: No such file or directory", _errno.ENOENT)
 
     def _operand(self, left: Any, right: Any) -> None:
         if isinstance(right, str) and right.startswith("@"):

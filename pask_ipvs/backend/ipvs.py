@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Sequence
 from ..objects import IpvsObserved, ServiceKey
 from . import ipvs_codec as wire, ipvs_layout as layout, ipvs_scan as scan, netlink as nl
 from .base import BackendError
+from .modules import kernel_module_names
 
 DEFAULT_BATCH = 256              # messages per sendmsg (docs/kernel-facts.md "Programming IPVS fast": 64..512 all fast)
 DEFAULT_DUMP_WORKERS = 1         # sockets dumping dests in parallel (see bench/ipvs_codec_bench.py)
@@ -456,19 +457,7 @@ class IpvsNetlink:
         return missing
 
     def _kernel_modules(self) -> set[str]:
-        """Module names listed in modules.builtin and modules.dep (unreadable: none)."""
-        names: set[str] = set()
-        for index in ("modules.builtin", "modules.dep"):
-            try:
-                with open(os.path.join(self.modules_dir, index), encoding="utf-8",
-                          errors="replace") as fh:
-                    for line in fh:
-                        base = os.path.basename(line.split(":", 1)[0].strip())
-                        if ".ko" in base:
-                            names.add(base.split(".ko", 1)[0].replace("-", "_"))
-            except OSError:
-                continue
-        return names
+        return kernel_module_names(self.modules_dir)
 
 
 def describe_op(op: object) -> str:

@@ -41,7 +41,7 @@ def digest_commands(digest: str) -> list[dict]:
     ]
 
 
-CONTENT_KINDS = ("table", "chain", "set", "map", "rule", "element")
+CONTENT_KINDS = ("table", "chain", "set", "map", "rule", "element", "ct helper")
 
 
 def _shape_error(cmd: object) -> str | None:

@@ -8,7 +8,9 @@ from .base import Backends
 def real_backends() -> Backends:
     from .addr import IPRouteAddr
     from .ipvs import IpvsNetlink
+    from .modules import LinuxModules
     from .nft import NftLib
     from .sysctl import ProcSysctl
 
-    return Backends(ipvs=IpvsNetlink(), nft=NftLib(), addr=IPRouteAddr(), sysctl=ProcSysctl())
+    return Backends(ipvs=IpvsNetlink(), nft=NftLib(), addr=IPRouteAddr(), sysctl=ProcSysctl(),
+                    modules=LinuxModules())

@@ -1,9 +1,10 @@
-"""The kernel side of `pask realserver`: links, IPv4 addresses, sysctls, modprobe.
+"""The kernel side of `pask realserver`: links, IPv4 and IPv6 addresses, sysctls, modprobe.
 
 ``LinuxRealServerHost`` is the real one (pyroute2 for links and addresses,
-/proc/sys for sysctls, ``modprobe`` for ipip); ``FakeRealServerHost`` behaves
-like the kernel for unit tests (EEXIST / EADDRNOTAVAIL / ENODEV, ipip creating
-tunl0, EACCES when not root).
+/proc/sys for sysctls, ``modprobe`` for ipip / ip6_tunnel); ``FakeRealServerHost``
+behaves like the kernel for unit tests (EEXIST / EADDRNOTAVAIL / ENODEV, ipip
+creating tunl0 and ip6_tunnel ip6tnl0, EACCES when not root, EACCES for an IPv6
+address where IPv6 is disabled).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 from typing import Iterable
 
 from ..objects import VipAddress
-from ..objects import TUNNEL, TUNNEL_MODULE, HostObserved
+from ..objects import TUNNEL, TUNNEL6, TUNNEL6_MODULE, TUNNEL_MODULE, HostObserved, family_of
 from .base import BackendError
 from .sysctl import ProcSysctl
 
@@ -57,7 +58,8 @@ class LinuxRealServerHost:
             addresses = frozenset(
                 VipAddress(names.get(a["index"], str(a["index"])),
                            a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-                for a in self.ipr.get_addr(family=socket.AF_INET))
+                for family in (socket.AF_INET, socket.AF_INET6)
+                for a in self.ipr.get_addr(family=family))
         except Exception as e:  # NetlinkError / OSError
             raise BackendError(f"rtnetlink dump: {e}", _code(e)) from e
         return HostObserved(links, addresses, self._sysctl.read(sysctl_keys))
@@ -109,8 +111,11 @@ class FakeRealServerHost:
     """A real server's kernel in memory, as a fresh network namespace starts out.
 
     ``lo`` exists and is down; ARP and rp_filter sysctls have the kernel's
-    defaults; ``ipip_available=False`` makes modprobe fail as on a kernel
-    without the module; ``root=False`` makes every change fail with EACCES.
+    defaults; ``ipip_available=False`` (``ip6_tunnel_available=False``) makes
+    modprobe fail as on a kernel without the module; ``root=False`` makes every
+    change fail with EACCES; ``ipv6_disabled`` names links with
+    ``net.ipv6.conf.<link>.disable_ipv6=1``, where adding an IPv6 address fails
+    with EACCES as in the kernel.
     """
 
     SYSCTL_DEFAULTS = {
@@ -121,9 +126,13 @@ class FakeRealServerHost:
     }
 
     def __init__(self, *, root: bool = True, ipip_available: bool = True,
-                 ipip_loaded: bool = False, tunnel_in_netns: bool = True):
+                 ipip_loaded: bool = False, tunnel_in_netns: bool = True,
+                 ip6_tunnel_available: bool = True, ip6_tunnel_loaded: bool = False,
+                 ipv6_disabled: Iterable[str] = ()):
         self.root = root
         self.ipip_available = ipip_available
+        self.ip6_tunnel_available = ip6_tunnel_available
+        self.ipv6_disabled = set(ipv6_disabled)
         self.tunnel_in_netns = tunnel_in_netns   # False: net.core.fb_tunnels_only_for_init_net
         self.modules: set[str] = set()
         self.links: dict[str, bool] = {"lo": False}
@@ -132,6 +141,8 @@ class FakeRealServerHost:
         self.changes: list[str] = []   # every successful change, in order
         if ipip_loaded:
             self._load_ipip()
+        if ip6_tunnel_loaded:
+            self._load_ip6_tunnel()
 
     def observe(self, sysctl_keys: Iterable[str]) -> HostObserved:
         return HostObserved(dict(self.links), frozenset(self.addresses),
@@ -146,12 +157,19 @@ class FakeRealServerHost:
 
     def load_module(self, name: str) -> None:
         self._need_root(f"modprobe {name}")
-        if name != TUNNEL_MODULE or not self.ipip_available:
+        available = {TUNNEL_MODULE: self.ipip_available, TUNNEL6_MODULE: self.ip6_tunnel_available}
+        if not available.get(name):
             raise BackendError(f"modprobe {name}: FATAL: Module {name} not found in directory "
                                "/lib/modules/6.1.0-fake", errno.ENOENT)
         if name not in self.modules:
-            self._load_ipip()
+            (self._load_ipip if name == TUNNEL_MODULE else self._load_ip6_tunnel)()
             self.changes.append(f"modprobe {name}")
+
+    def _load_ip6_tunnel(self) -> None:
+        """ip6_tunnel creates ip6tnl0 (down) in every namespace; IPv6 has no rp_filter."""
+        self.modules.add(TUNNEL6_MODULE)
+        if self.tunnel_in_netns:
+            self.links[TUNNEL6] = False
 
     def _load_ipip(self) -> None:
         self.modules.add(TUNNEL_MODULE)
@@ -175,6 +193,8 @@ class FakeRealServerHost:
             raise BackendError(f"interface {vip.interface} does not exist", errno.ENODEV)
         if vip in self.addresses:
             raise BackendError(f"add address {vip}: File exists", errno.EEXIST)
+        if family_of(vip.addr) == 6 and vip.interface in self.ipv6_disabled:
+            raise BackendError(f"add address {vip}: Permission denied", errno.EACCES)
         self.addresses.add(vip)
         self.changes.append(f"add {vip}")
 

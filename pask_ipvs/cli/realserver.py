@@ -27,12 +27,14 @@ EPILOG = """\
 examples:
   pask realserver up --vip 10.99.100.1 --mode l2-dsr         VIP on lo, ARP suppressed
   pask realserver up --vip 10.99.100.1 --mode l3-dsr         ipip, VIP on tunl0, rp_filter off
+  pask realserver up --vip fd00:99:100::1 --mode l2-dsr      VIP/128 on lo (IPv6: no sysctls)
+  pask realserver up --vip fd00:99:100::1 --mode l3-dsr      ip6_tunnel, VIP/128 on ip6tnl0
   pask realserver up --vip 10.99.100.1 --mode l2-dsr --dry-run   print the plan only
   pask realserver down --vip 10.99.100.1                     remove the VIP from lo / tunl0
 
 exit: 0 ok (no changes with --detailed-exitcode), 2 changes (only with
---detailed-exitcode), 1 error. `down` removes the VIPs only: sysctls, tunl0 and
-the ipip module are left as they are.
+--detailed-exitcode), 1 error. `down` removes the VIPs only: sysctls, tunl0,
+ip6tnl0 and the ipip / ip6_tunnel modules are left as they are.
 """
 
 
@@ -42,12 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="{up,down}", required=True, parser_class=ArgParser)
     for name, what in (("up", "add the VIPs and the settings the mode needs"),
-                       ("down", "remove the VIPs (sysctls, tunl0, ipip stay)")):
+                       ("down", "remove the VIPs (sysctls, tunnels, modules stay)")):
         s = sub.add_parser(name, help=what, description=what)
         s.add_argument("--vip", action="append", required=True, metavar="VIP",
-                       help="a virtual IP (IPv4) served through the load balancer; repeatable")
+                       help="a virtual IP (IPv4 or IPv6) served through the load balancer; repeatable")
         s.add_argument("--mode", choices=MODES, required=(name == "up"),
-                       help="l2-dsr (VIP on lo) or l3-dsr (VIP on tunl0)"
+                       help="l2-dsr (VIP on lo) or l3-dsr (VIP on tunl0; IPv6: ip6tnl0)"
                        + ("" if name == "up" else "; default: remove from both"))
         s.add_argument("--dry-run", "--check", dest="dry_run", action="store_true",
                        help="print the plan and change nothing")
@@ -96,7 +98,7 @@ def run(argv: Sequence[str] | None, host_factory: Callable[[], RealServerHost],
     except RealServerError as e:
         return fail(str(e))
     report["vips"] = list(vips)
-    keys = required_sysctls(mode) if args.command == "up" else {}
+    keys = required_sysctls(mode, vips) if args.command == "up" else {}
     try:
         host = host_factory()
         observed = host.observe(keys)

@@ -36,11 +36,13 @@ def kernel_digest(observed: Observed) -> str | None:
     h.update(repr(observed.link).encode())
     h.update(repr(sorted(observed.vips)).encode())
     h.update(repr(sorted(observed.sysctls.items())).encode())
+    if observed.modules:      # only configs with helpers: every other digest stays as it was
+        h.update(repr(sorted(observed.modules.items())).encode())
     return h.hexdigest()
 
 
 def kernel_digest_now(backends: "Backends", vip_interface: str | None,
-                    sysctl_keys: Iterable[str]) -> str | None:
+                    sysctl_keys: Iterable[str], modules: Iterable[str] = ()) -> str | None:
     """kernel_digest of the kernel as it is now, read the cheap way (no dest is decoded)."""
     fps = backends.ipvs.service_digests()
     if fps is None:
@@ -48,4 +50,5 @@ def kernel_digest_now(backends: "Backends", vip_interface: str | None,
     link, vips = backends.addr.observe(vip_interface) if vip_interface else (None, frozenset())
     return kernel_digest(Observed(
         ipvs=IpvsObserved(service_digests=fps), nft=backends.nft.observe(), link=link, vips=vips,
-        sysctls=backends.sysctl.read(list(sysctl_keys))))
+        sysctls=backends.sysctl.read(list(sysctl_keys)),
+        modules=backends.modules.observe(modules) if modules and backends.modules else {}))

@@ -37,7 +37,8 @@ def kernel_unchanged(state: "PaskState", backends: "Backends",
 
     last = state.last_verified
     try:
-        now = kernel_digest_now(backends, last.get("vip_interface"), last["sysctls"])
+        now = kernel_digest_now(backends, last.get("vip_interface"), last["sysctls"],
+                                last.get("modules", ()))
     except BackendError:
         return False           # the ordinary path reads again, and reports what fails
     if now != last["kernel"] and note:
@@ -70,3 +71,5 @@ def record_verified(outcome: "Outcome", desired: "Desired", code: bytes, text: s
         "sysctls": sorted(desired.sysctls),
         "vip_interface": desired.vip_interface,
     }
+    if desired.modules:
+        outcome.state.last_verified["modules"] = sorted(desired.modules)

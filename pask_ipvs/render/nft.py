@@ -11,7 +11,14 @@ table holds. Layout (every part only when some service needs it):
   Runs of services whose include filters are all exact (host dst, protocol,
   one dst port) and do not overlap are dispatched by one verdict map lookup
   instead of a jump per service, so packets cost O(1) at thousands of services.
-* ``postrouting`` (nat, priority srcnat): both-NAT and LAN-to-LAN SNAT of the
+* ``helpers`` (filter, priority mangle + 10, after the marks are set): assigns
+  the conntrack helper of a service's application (``ct helper`` objects:
+  automatic assignment is off in current kernels) to exactly the traffic the
+  service takes: its VIP, protocol and port, or its fwmark.
+* ``postrouting`` (nat, priority srcnat): first the expected flows of conntrack
+  helpers (``ct status expected``, found by the ct mark they inherit from their
+  service's first flow: FTP's passive data to ``snat_ip``, TFTP's answers to the
+  VIP); then both-NAT and LAN-to-LAN SNAT of the
   traffic IPVS sends to the real servers, matched by the conntrack's original
   tuple (IPVS rewrites the packet itself). fwmark services are found by
   ``ct mark`` in named maps; VIP services by a verdict map on the original
@@ -31,12 +38,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from ..model import Filter, FilterAction, NatMode, PortRange, Service
+from ..model import Application, Filter, FilterAction, NatMode, PortRange, Service
 from ..objects import NFT_FAMILY, NFT_TABLE, NftTable, canonical_address
 
 PRIO_MANGLE = -150
 PRIO_SRCNAT = 100
+PRIO_HELPERS = PRIO_MANGLE + 10
 CHAIN_PREROUTING = "prerouting"
+CHAIN_HELPERS = "helpers"
 CHAIN_POSTROUTING = "postrouting"
 SERVICE_CHAIN_PREFIX = "svc_"
 _NAME_MAX = 48            # of the sanitized service part; nft allows 255, listings stay readable
@@ -153,6 +162,7 @@ class _Builder:
     """Collects objects in the order a transaction needs: chains before the
     maps whose elements jump to them, maps before the rules that use them."""
 
+    objects: list[dict] = field(default_factory=list)     # ct helpers
     chains: list[dict] = field(default_factory=list)
     sets: list[dict] = field(default_factory=list)
     rules: list[dict] = field(default_factory=list)
@@ -184,7 +194,11 @@ class _Builder:
 
     def commands(self) -> list[dict]:
         table = {"add": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}}
-        return [table, *self.chains, *self.sets, *self.rules]
+        return [table, *self.objects, *self.chains, *self.sets, *self.rules]
+
+    def ct_helper(self, name: str, type_: str, protocol: str) -> None:
+        self.objects.append({"add": {"ct helper": self._obj(
+            name=name, type=type_, protocol=protocol, l3proto="inet")}})
 
 
 # -- filters (prerouting) ------------------------------------------------------
@@ -302,7 +316,6 @@ def _orig_port(svc: Service) -> list[dict]:
 
 def _render_snat(b: _Builder, services: Sequence[Service], marks: Mapping[str, int]) -> None:
     post = CHAIN_POSTROUTING
-    b.chain(post, ("nat", "postrouting", PRIO_SRCNAT))
 
     # fwmark services: by ct mark (set in prerouting) in named maps.
     for fam in (V4, V6):
@@ -364,11 +377,95 @@ def _render_snat(b: _Builder, services: Sequence[Service], marks: Mapping[str, i
             b.rule(post, {"vmap": {"key": fam.ct_daddr, "data": "@" + name}})
 
 
+# -- conntrack helpers (prerouting, after the marks) ------------------------------
+
+# (application, service protocol) -> (ct helper object name, the kernel helper's name)
+CT_HELPERS = {
+    (Application.FTP, "tcp"): ("ftp", "ftp"),
+    (Application.TFTP, "udp"): ("tftp", "tftp"),
+    (Application.H323, "tcp"): ("q931", "Q.931"),       # call signalling; H.245 follows from it
+    (Application.H323, "udp"): ("ras", "RAS"),          # gatekeeper registration, admission, status
+}
+
+
+def ct_helper_of(svc: Service) -> tuple[str, str] | None:
+    return CT_HELPERS.get((svc.application, svc.protocol.value)) if svc.conntrack_helper else None
+
+
+def _render_helpers(b: _Builder, services: Sequence[Service], marks: Mapping[str, int]) -> None:
+    """The helper on the service's first flow, and (VIP services) the ct mark its expected
+    flows inherit; an fwmark service's traffic carries its mark in ct mark already."""
+    b.chain(CHAIN_HELPERS, ("filter", "prerouting", PRIO_HELPERS))
+    made: set[str] = set()
+    for svc in services:
+        name, kernel_name = ct_helper_of(svc)         # type: ignore[misc]  # callers pass these only
+        if name not in made:
+            made.add(name)
+            b.ct_helper(name, kernel_name, svc.protocol.value)
+        if svc.uses_fwmark:
+            b.rule(CHAIN_HELPERS, _match(_meta("mark"), marks[svc.name]), {"ct helper": name})
+            continue
+        fam = _fam(svc.family)
+        match = [_match(_meta("nfproto"), fam.nfproto),
+                 _match(_payload(fam.payload, "daddr"), canonical_address(svc.vip)),
+                 _match(_meta("l4proto"), svc.protocol.value)]
+        if svc.port:
+            match.append(_match(_payload("th", "dport"), svc.port))
+        b.rule(CHAIN_HELPERS, *match, {"ct helper": name},
+               {"mangle": {"key": {"ct": {"key": "mark"}}, "value": marks[svc.name]}})
+
+
+def expected_snat_address(svc: Service) -> str | None:
+    """Where a helper's expected flows of ``svc`` are source-NATed to, so the other side
+    sees the address it talks to (lan-to-lan FTP: only for clients in local_networks,
+    ``_render_expected_snat``):
+
+    * both-nat: snat_ip: the server sees the LB on FTP's passive data as on the control;
+    * dest-nat, lan-to-lan: the VIP: TFTP's answer comes from a new port of the server,
+      and the client must see it from the VIP; lan-to-lan FTP's passive data of a LAN
+      client, as its control connection.
+
+    A flow the helper's NAT half already translated (nf_nat_tftp, nf_nat_ftp's active
+    data, nf_nat_h323's H.245) never reaches this rule."""
+    if svc.nat_mode is NatMode.BOTH_NAT:
+        return svc.snat_ip
+    if svc.nat_mode in (NatMode.DEST_NAT, NatMode.LAN_TO_LAN):
+        return svc.vip
+    return None
+
+
+def _lan_only(svc: Service) -> bool:
+    """FTP in lan-to-lan: only LAN clients' data is NATed (others are served as dest-nat,
+    where ip_vs_ftp alone carries the data)."""
+    return svc.application is Application.FTP and svc.nat_mode is NatMode.LAN_TO_LAN
+
+
+def _render_expected_snat(b: _Builder, services: Sequence[Service], marks: Mapping[str, int]) -> None:
+    expected_status = {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "expected"}}
+    for fam in (V4, V6):
+        elems = [[marks[s.name], canonical_address(addr)] for s in services
+                 if s.family == fam.version and not _lan_only(s) and (addr := expected_snat_address(s))]
+        if elems:
+            name = f"expected{fam.version}"
+            b.map(name, "mark", fam.addr_type, elems)
+            b.rule(CHAIN_POSTROUTING, _match(_meta("nfproto"), fam.nfproto), expected_status,
+                   _COUNTER, _snat(fam, {"map": {"key": {"ct": {"key": "mark"}}, "data": "@" + name}}))
+        lan = [[{"concat": [_addr_value(net), marks[s.name]]}, canonical_address(s.vip)]
+               for s in services if s.family == fam.version and _lan_only(s)
+               for net in _collapse(s.local_networks, fam, "local network")]
+        if lan:
+            name = f"expected_l2l{fam.version}"
+            b.map(name, [fam.addr_type, "mark"], fam.addr_type, lan, flags=["interval"])
+            key = {"concat": [_payload(fam.payload, "saddr"), {"ct": {"key": "mark"}}]}
+            b.rule(CHAIN_POSTROUTING, _match(_meta("nfproto"), fam.nfproto), expected_status,
+                   _COUNTER, _snat(fam, {"map": {"key": key, "data": "@" + name}}))
+
+
 # -- entry point ---------------------------------------------------------------
 
 def render_table(services: Sequence[Service], fwmarks: Mapping[str, int]) -> NftTable | None:
     """The whole ``inet pask`` table for ``services``, or None when no service
-    needs nftables (no filters, no both-NAT / LAN-to-LAN).
+    needs nftables (no filters, no both-NAT / LAN-to-LAN, no conntrack helper).
 
     ``fwmarks`` maps a filtered service's name to its IPVS fwmark (an explicit
     ``Service.fwmark`` is used when the name is missing). The table comment is
@@ -376,13 +473,15 @@ def render_table(services: Sequence[Service], fwmarks: Mapping[str, int]) -> Nft
     """
     filtered = [s for s in services if s.uses_fwmark]
     snat = [s for s in services if s.nat_mode.needs_snat]
-    if not filtered and not snat:
+    helped = [s for s in services if ct_helper_of(s) is not None]
+    if not filtered and not snat and not helped:
         return None
     marks: dict[str, int] = {}
-    for s in filtered:
+    for s in filtered + helped:
         mark = fwmarks.get(s.name, s.fwmark)
         if not mark:
-            raise ValueError(f"service {s.name!r} has filters but no fwmark")
+            raise ValueError(f"service {s.name!r} has filters but no fwmark" if s.uses_fwmark else
+                             f"service {s.name!r} has a conntrack helper but no ct mark")
         marks[s.name] = mark
     for s in snat:
         if s.nat_mode is NatMode.BOTH_NAT:
@@ -394,6 +493,12 @@ def render_table(services: Sequence[Service], fwmarks: Mapping[str, int]) -> Nft
     b = _Builder()
     if filtered:
         _render_filters(b, filtered, marks, service_chain_names([s.name for s in filtered]))
+    if helped:
+        _render_helpers(b, helped, marks)
+    if snat or helped:
+        b.chain(CHAIN_POSTROUTING, ("nat", "postrouting", PRIO_SRCNAT))
+    if helped:                         # first: an expected flow is no other rule's business
+        _render_expected_snat(b, helped, marks)
     if snat:
         _render_snat(b, services, marks)
     return NftTable.from_commands(b.commands())

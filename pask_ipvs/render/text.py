@@ -6,7 +6,7 @@ import dataclasses
 import enum
 from typing import Iterable
 
-from ..objects import IpvsDest, NftTable
+from ..objects import IpvsDest, KernelModule, NftTable
 from ..plan import ADD, DELETE, REPLACE, SET, Op, Plan
 from . import NO_CHANGES
 
@@ -35,11 +35,19 @@ def op_line(op: Op) -> str:
         body = "table inet pask"
         if isinstance(op.after, NftTable):
             body += f" ({len(op.after.command_list())} objects, {op.after.digest})"
+    elif op.kind == "module" and op.action == SET:
+        body = f"{op.label} {_module_params(op.before)} -> {_module_params(op.after)}"
+    elif op.kind == "module" and isinstance(op.after, KernelModule):
+        body = str(op.after)
     elif op.kind == "link" and op.action == SET:
         body = f"{op.label} {op.before or 'absent'} -> {op.after}"
     else:
         body = op.label
     return f"{op.symbol} {op.kind}{who} {body}{why}"
+
+
+def _module_params(module: KernelModule) -> str:
+    return " ".join(f"{k}={v}" for k, v in module.params) or "(no parameters)"
 
 
 def _changes(op: Op) -> str:

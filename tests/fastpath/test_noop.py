@@ -224,3 +224,26 @@ def test_the_fast_paths_empty_plan_is_the_planners():
     from pask_ipvs.render.text import plan_text
     assert noop.EMPTY_PLAN_COUNTS == Plan().counts()
     assert plan_text(Plan()) == NO_CHANGES + "\n"
+
+
+APPLICATIONS = """
+version: 1
+services:
+  - {name: ftp, vip: 10.99.100.1, port: 2121, application: ftp, real_servers: [{address: 10.99.2.11}]}
+  - {name: tftp, vip: 10.99.100.1, port: 69, protocol: udp, application: tftp,
+     real_servers: [{address: 10.99.2.11}]}
+"""
+
+
+def test_a_helper_module_unloaded_by_hand_takes_the_ordinary_path(kernel, files, capsys):
+    """Modules are part of the fingerprint: a helper gone from the kernel is planned again."""
+    cfg, state, opts = files
+    cfg.write_text(APPLICATIONS)
+    assert run(kernel, capsys, "--detailed-exitcode", *opts, cfg)[0] == 2
+    reset_counts(kernel)
+    assert run(kernel, capsys, "--detailed-exitcode", *opts, cfg)[0] == 0 and fast(kernel)
+    del kernel.modules.loaded["nf_nat_tftp"]
+    reset_counts(kernel)
+    code, out, _ = run(kernel, capsys, "--detailed-exitcode", *opts, cfg)
+    assert code == 2 and not fast(kernel)
+    assert "+ module nf_nat_tftp" in out and "nf_nat_tftp" in kernel.modules.loaded
