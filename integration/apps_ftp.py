@@ -85,10 +85,17 @@ def start_vsftpd(lab: Any, ns: str, name: str, pasv_range: tuple[int, int] | Non
                  extra: dict[str, str] | None = None, timeout: float = 30) -> FtpServer:
     """vsftpd in namespace ``ns``: anonymous, files name ``name``, uploads to /upload/.
 
-    ``extra`` adds/overrides vsftpd.conf options (``pasv_promiscuous``...).
-    Waits until the control port listens; the handle's ``stop()`` ends it.
+    An IPv6 ``listen_address`` makes an IPv6-only instance (vsftpd listens on one family
+    per instance), which may run beside an IPv4 one. ``extra`` adds/overrides vsftpd.conf
+    options (``pasv_promiscuous``...). Waits until the control port listens; the
+    handle's ``stop()`` ends it.
     """
-    d = _lab_dir(lab) / f"ftp-{name}"
+    v6 = bool(listen_address and ":" in listen_address)
+    if v6:
+        extra = {"listen": "NO", "listen_ipv6": "YES", "listen_address6": listen_address or "",
+                 **(extra or {})}
+        listen_address = None
+    d = _lab_dir(lab) / (f"ftp6-{name}" if v6 else f"ftp-{name}")
     shutil.rmtree(d, ignore_errors=True)
     (d / "empty").mkdir(parents=True)
     root = d / "root"

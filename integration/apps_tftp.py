@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -24,8 +25,9 @@ TFTP_PORT = 69
 OP_RRQ, OP_WRQ, OP_DATA, OP_ACK, OP_ERROR = 1, 2, 3, 4, 5
 
 
-def _socket(ns: str | None, kind: int) -> socket.socket:
-    return socket.socket(socket.AF_INET, kind) if ns is None else ns_socket(ns, socket.AF_INET, kind)
+def _socket(ns: str | None, host: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.socket(family, socket.SOCK_DGRAM) if ns is None else ns_socket(ns, family, socket.SOCK_DGRAM)
 
 
 # ---- tftpd-hpa ----------------------------------------------------------------------
@@ -36,8 +38,9 @@ def start_tftpd(ns: str, address: str, directory: str | Path, port: int = TFTP_P
     ``writable`` allows uploads of new files (``--create --permissive``; the directory must be
     writable).  ``ip netns exec`` execs in.tftpd, so the Popen's pid is the daemon's.
     """
+    bind = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     argv = ["ip", "netns", "exec", ns, "in.tftpd", "--foreground", "--listen",
-            "--address", f"{address}:{port}", "--secure", "--user", "root"]
+            "--address", bind, "--secure", "--user", "root"]
     if writable:
         argv += ["--create", "--permissive"]
     argv.append(str(directory))
@@ -93,11 +96,11 @@ class _Exchange:
                     raise TimeoutError(f"no TFTP {what} from {self.host} (peer {self.peer})") from None
                 self.s.sendto(self.last, self.dest)
                 continue
-            if src[0] != self.host:
+            if ipaddress.ip_address(src[0]) != ipaddress.ip_address(self.host):
                 raise RuntimeError(f"TFTP reply from {src[0]}:{src[1]}, expected {self.host}: not the VIP")
             if self.peer is None:
-                self.peer = self.dest = src
-            elif src != self.peer:
+                self.peer = self.dest = src[:2]
+            elif src[:2] != self.peer:
                 continue                      # another TID: RFC 1350 says send ERROR; ignore
             op, n = struct.unpack("!HH", pkt[:4])
             if op == OP_ERROR:
@@ -116,7 +119,7 @@ def tftp_get(host: str, filename: str, ns: str | None = None, port: int = TFTP_P
     Raises if a DATA comes from an address other than ``host`` (what a strict client
     such as a PXE ROM would drop) or nothing arrives.
     """
-    with contextlib.closing(_socket(ns, socket.SOCK_DGRAM)) as s:
+    with contextlib.closing(_socket(ns, host)) as s:
         s.settimeout(timeout)
         x = _Exchange(s, host, port, retries)
         x.send(_request(OP_RRQ, filename))
@@ -139,7 +142,7 @@ def tftp_get(host: str, filename: str, ns: str | None = None, port: int = TFTP_P
 def tftp_put(host: str, filename: str, content: bytes, ns: str | None = None, port: int = TFTP_PORT,
              timeout: float = 5.0, retries: int = 3) -> tuple[str, int]:
     """Strict WRQ (octet) upload; returns the (ip, port) the server answered from."""
-    with contextlib.closing(_socket(ns, socket.SOCK_DGRAM)) as s:
+    with contextlib.closing(_socket(ns, host)) as s:
         s.settimeout(timeout)
         x = _Exchange(s, host, port, retries)
         x.send(_request(OP_WRQ, filename))

@@ -20,11 +20,12 @@ from typing import Iterator
 
 import pytest
 
-from apps_ftp import FtpServer, curl_ftp, start_vsftpd_all
+from apps_ftp import FtpServer, curl_ftp, start_vsftpd, start_vsftpd_all
 from apps_h323 import h323_call
 from apps_tftp import start_tftpd, stop_tftpd, tftp_cli_get, tftp_get, tftp_put
-from lab import (CLIENT, CLIENT_IP, HERE, LAN_CLIENT, LAN_CLIENT_IP, LAN_NET, LB, LB_LAN_IP, SERVERS,
-                 VIP, Lab, config, ipvs_stats, ns_socket, run, service, wait_for)
+from lab import (CLIENT, CLIENT_IP, CLIENT_IP6, HERE, LAN_CLIENT, LAN_CLIENT_IP, LAN_NET, LB,
+                 LB_LAN_IP, LB_LAN_IP6, SERVERS, SERVERS6, VIP, VIP6, Lab, config, ipvs_stats,
+                 ns_socket, run, service, wait_for)
 
 PASSIVE = (30000, 30009)
 FTP_WAYS = {                      # curl options for each way FTP moves data
@@ -366,6 +367,61 @@ class TestH323BothNat:
     def test_the_helper_follows_the_call(self) -> None:
         table = run(["conntrack", "-L", "-p", "tcp"], ns=LB, check=False).stdout
         assert "helper=Q.931" in table and "helper=H.245" in table, table
+
+
+# -- IPv6 -------------------------------------------------------------------------------------
+
+V6_FTP_WAYS = {"epsv": [], "active": ["--ftp-port", CLIENT_IP6]}    # PASV carries IPv4 only
+
+
+@pytest.fixture(scope="module")
+def v6_servers(lab: Lab, tftp_servers) -> Iterator[dict[str, FtpServer]]:
+    """IPv6-only vsftpd (one family per instance) and tftpd-hpa beside the IPv4 ones."""
+    ftp = {name: start_vsftpd(lab, name, name, PASSIVE, listen_address=addr)
+           for name, addr in SERVERS6.items()}
+    tftp = [start_tftpd(name, addr, tftp_servers[name]) for name, addr in SERVERS6.items()]
+    for name, addr in SERVERS6.items():
+        wait_for(lambda: run(["ss", "-Hlun", f"src [{addr}]:69"], ns=name).stdout.strip(),
+                 what=f"tftpd on {name} (IPv6)")
+    yield ftp
+    for proc in tftp:
+        stop_tftpd(proc)
+    for server in ftp.values():
+        server.stop()
+
+
+class TestApplicationsIPv6:
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def applied(cls, lab: Lab, v6_servers) -> None:
+        unload_ip_vs_ftp(lab)
+        lab.apply(config(ftp_service("ftp6", vip=VIP6),
+                         ftp_service("ftp6-bnat", vip=VIP6, port=BOTH_NAT_PORT, nat_mode="both-nat",
+                                     snat_ip=LB_LAN_IP6),
+                         service("tftp6", vip=VIP6, port=69, protocol="udp", server_port=69,
+                                 application="tftp")), expect=0)
+
+    @pytest.mark.parametrize("port, peer", [(21, CLIENT_IP6), (BOTH_NAT_PORT, LB_LAN_IP6)])
+    @pytest.mark.parametrize("way", list(V6_FTP_WAYS))
+    def test_ftp_every_way_spreads_and_servers_see_the_right_peer(self, v6_servers, way, port,
+                                                                  peer) -> None:
+        before = {n: len(_connects(s)) for n, s in v6_servers.items()}
+        got = Counter()
+        for _ in range(3):
+            cp = curl_ftp(CLIENT, f"ftp://[{VIP6}]:{port}/file.txt", "-g", *V6_FTP_WAYS[way])
+            assert cp.returncode == 0, f"curl {way} [{VIP6}]:{port}: rc {cp.returncode}: {cp.stderr}"
+            got[cp.stdout.strip()] += 1
+        assert got == {name: 1 for name in SERVERS}, got
+        peers = {line.split()[-1] for n, s in v6_servers.items() for line in _connects(s)[before[n]:]}
+        assert peers == {peer}, peers
+
+    def test_tftp_a_strict_client_gets_every_answer_from_the_vip(self) -> None:
+        got = Counter()
+        for _ in range(3):
+            content, (src, _sport) = tftp_get(VIP6, "boot.txt", ns=CLIENT, timeout=10)
+            assert src == VIP6
+            got[content.decode().strip()] += 1
+        assert got == {name: 1 for name in SERVERS}, got
 
 
 # -- bad input --------------------------------------------------------------------------------
