@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lab import ns_socket
+from lab import ns_socket, wait_for
 
 TFTP_PORT = 69
 OP_RRQ, OP_WRQ, OP_DATA, OP_ACK, OP_ERROR = 1, 2, 3, 4, 5
@@ -33,7 +33,8 @@ def _socket(ns: str | None, host: str) -> socket.socket:
 # ---- tftpd-hpa ----------------------------------------------------------------------
 def start_tftpd(ns: str, address: str, directory: str | Path, port: int = TFTP_PORT,
                 writable: bool = False) -> subprocess.Popen:
-    """Start ``in.tftpd --foreground`` in ``ns`` bound to address:port, serving ``directory``.
+    """Start ``in.tftpd --foreground`` in ``ns`` bound to address:port, serving ``directory``,
+    and wait until it listens.
 
     ``writable`` allows uploads of new files (``--create --permissive``; the directory must be
     writable).  ``ip netns exec`` execs in.tftpd, so the Popen's pid is the daemon's.
@@ -44,8 +45,16 @@ def start_tftpd(ns: str, address: str, directory: str | Path, port: int = TFTP_P
     if writable:
         argv += ["--create", "--permissive"]
     argv.append(str(directory))
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"in.tftpd in {ns} on {bind} exited {proc.returncode}")
+        return bool(subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hlun", f"src {bind}"],
+                                   capture_output=True, text=True).stdout.strip())
+    wait_for(listening, what=f"tftpd in {ns} on {bind}")
+    return proc
 
 
 def stop_tftpd(proc: subprocess.Popen, timeout: float = 10) -> None:

@@ -262,9 +262,6 @@ def tftp_servers(lab: Lab) -> Iterator[dict[str, Path]]:
         (d / "boot.txt").write_text(f"{name}\n")
         dirs[name] = d
         procs.append(start_tftpd(name, addr, d, writable=True))
-    for name, addr in SERVERS.items():
-        wait_for(lambda: run(["ss", "-Hlun", f"src {addr}:69"], ns=name).stdout.strip(),
-                 what=f"tftpd on {name}")
     yield dirs
     for proc in procs:
         stop_tftpd(proc)
@@ -380,9 +377,6 @@ def v6_servers(lab: Lab, tftp_servers) -> Iterator[dict[str, FtpServer]]:
     ftp = {name: start_vsftpd(lab, name, name, PASSIVE, listen_address=addr)
            for name, addr in SERVERS6.items()}
     tftp = [start_tftpd(name, addr, tftp_servers[name]) for name, addr in SERVERS6.items()]
-    for name, addr in SERVERS6.items():
-        wait_for(lambda: run(["ss", "-Hlun", f"src [{addr}]:69"], ns=name).stdout.strip(),
-                 what=f"tftpd on {name} (IPv6)")
     yield ftp
     for proc in tftp:
         stop_tftpd(proc)

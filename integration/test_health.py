@@ -302,21 +302,25 @@ def test_metrics_count_the_traffic_and_show_a_dead_server_down(lb, healthd):
     answers = [who(CLIENT, VIP, 80)[0] for _ in range(9)]
     assert sorted(answers) == sorted(["rs1", "rs2", "rs3"] * 3)         # rr: 3 each
 
+    def service_total(samples) -> float:
+        [value] = [v for lab, v in samples["pask_service_connections_total"] if lab["service"] == "web"]
+        return value
+
     def moved():
+        """Both counts caught up: IPVS folds its per-CPU counters into what a dump shows
+        every 2 s, and a scrape reads the service and its servers in separate dumps, so a
+        fold can land between them."""
         now = scrape()
         conns = per_server(now, "pask_real_server_connections_total", **web)
         old = per_server(before, "pask_real_server_connections_total", **web)
-        return now if all(conns[ip] - old[ip] == 3 for ip in SERVERS.values()) else None
-    after = wait_for(moved, what="3 new connections counted on each real server")
+        servers_moved = all(conns[ip] - old[ip] == 3 for ip in SERVERS.values())
+        return now if servers_moved and service_total(now) - service_total(before) == 9 else None
+    after = wait_for(moved, what="3 new connections counted on each real server, 9 on the service")
     for name in ("pask_real_server_packets_total", "pask_real_server_bytes_total"):
         for direction in ("in", "out"):
             grew = {ip: per_server(after, name, direction=direction, **web)[ip]
                     - per_server(before, name, direction=direction, **web)[ip] for ip in SERVERS.values()}
             assert all(v > 0 for v in grew.values()), (name, direction, grew)
-    def service_total(samples) -> float:
-        [value] = [v for lab, v in samples["pask_service_connections_total"] if lab["service"] == "web"]
-        return value
-    assert service_total(after) - service_total(before) == 9
 
     lb.stop_server("rs2")
     wait_for(lambda: per_server(scrape(), "pask_real_server_up", **web)[rs2] == 0,
