@@ -19,28 +19,17 @@ from .plan import ADD, IPVS_KINDS, REPLACE, Op, Plan
 
 Progress = Callable[[str], None]
 
-# helper module -> what needs it, for the preflight's message
-MODULE_USERS = {
-    "ip_vs_ftp": "application ftp in a NAT mode: IPVS's FTP helper",
-    "nf_conntrack_ftp": "application ftp in both-nat: conntrack's FTP helper",
-    "nf_nat_ftp": "application ftp in both-nat: the NAT half of conntrack's FTP helper",
-    "nf_conntrack_tftp": "application tftp: conntrack's TFTP helper",
-    "nf_nat_tftp": "application tftp: the NAT half of conntrack's TFTP helper",
-    "nf_conntrack_h323": "application h323: conntrack's H.323 helpers",
-    "nf_nat_h323": "application h323: the NAT half of conntrack's H.323 helpers",
-}
-
 
 def preflight(desired: Desired, backends: Backends) -> list[str]:
     """Problems that would make the apply fail half-way; checked before any change."""
     problems: list[str] = []
     if desired.modules:
-        missing_modules = (backends.modules.missing(desired.modules) if backends.modules is not None
-                           else list(desired.modules))
-        for name in missing_modules:
-            problems.append(f"kernel module {name} is needed ({MODULE_USERS.get(name, 'helper')}) "
-                            "and this kernel does not have it" if backends.modules is not None else
-                            f"kernel module {name} is needed, and this backend cannot load modules")
+        why = ("this kernel does not have it" if backends.modules is not None
+               else "this backend cannot load modules")
+        for name in (backends.modules.missing(desired.modules) if backends.modules is not None
+                     else desired.modules):
+            problems.append(f"kernel module {name} (services: {', '.join(desired.module_users[name])}) "
+                            f"is needed, and {why}")
     missing = backends.ipvs.missing_schedulers(sorted(desired.schedulers))
     for sched, module in sorted(missing.items()):
         owners = sorted(name for key, name in desired.owners.items()

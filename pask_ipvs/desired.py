@@ -93,18 +93,23 @@ def ipvs_ftp(svc: Service) -> bool:
     return svc.application is Application.FTP and not svc.nat_mode.is_dsr
 
 
-def modules_for(config: Config) -> dict[str, KernelModule]:
-    """The helper modules the services need, in load order. ip_vs_ftp takes the virtual
-    ports it serves as a load-time parameter (``ports``), so the module carries them."""
-    out: dict[str, KernelModule] = {}
-    ftp_ports = sorted({s.port for s in config.services if ipvs_ftp(s)})
-    if ftp_ports:
-        out[IPVS_FTP_MODULE] = KernelModule(IPVS_FTP_MODULE, (("ports", ",".join(map(str, ftp_ports))),))
+def modules_for(config: Config) -> tuple[dict[str, KernelModule], dict[str, tuple[str, ...]]]:
+    """The helper modules the services need, in load order, and the services that need
+    each. ip_vs_ftp takes the virtual ports it serves as a load-time parameter (``ports``),
+    so the module carries them."""
+    users: dict[str, list[str]] = {}
+    for svc in config.services:
+        if ipvs_ftp(svc):
+            users.setdefault(IPVS_FTP_MODULE, []).append(svc.name)
     for svc in config.services:
         if svc.conntrack_helper:
             for name in CONNTRACK_HELPER_MODULES[svc.application]:
-                out.setdefault(name, KernelModule(name))
-    return out
+                users.setdefault(name, []).append(svc.name)
+    out = {name: KernelModule(name) for name in users}
+    if IPVS_FTP_MODULE in out:
+        ports = sorted({s.port for s in config.services if ipvs_ftp(s)})
+        out[IPVS_FTP_MODULE] = KernelModule(IPVS_FTP_MODULE, (("ports", ",".join(map(str, ports))),))
+    return out, {name: tuple(names) for name, names in users.items()}
 
 
 def expand(config: Config, fwmarks: Mapping[str, int],
@@ -114,8 +119,9 @@ def expand(config: Config, fwmarks: Mapping[str, int],
     from .render.nft import render_table
 
     health = health or {}
+    modules, module_users = modules_for(config)
     desired = Desired(vip_interface=config.vip_interface, sysctls=sysctls_for(config),
-                      modules=modules_for(config))
+                      modules=modules, module_users=module_users)
     vips: set[VipAddress] = set()
     schedulers: set[str] = set()
     for svc in config.services:

@@ -146,7 +146,6 @@ class Service:
     on_failure: OnFailure = OnFailure.INHIBIT
     fwmark: int | None = None       # explicit fwmark for a filtered service; else allocated
     application: Application = Application.NONE
-    passive_ports: PortRange | None = None   # ftp in a DSR mode: the servers' passive range
 
     @property
     def family(self) -> int:
@@ -259,10 +258,9 @@ def build_service(raw: dict) -> Service:
     nat_mode = NatMode(raw.get("nat_mode", DEFAULT_NAT_MODE))
     protocol = Protocol(raw.get("protocol", DEFAULT_PROTOCOL))
     filters = tuple(_filter(f) for f in raw.get("filters", ()))
-    passive = None
-    if application is Application.FTP and nat_mode.is_dsr:
-        passive, filters, persistence = _ftp_dsr(vip, port, filters, persistence,
-                                                 raw.get("passive_ports", DEFAULT_FTP_PASSIVE_PORTS))
+    if ftp_over_dsr(application, nat_mode):
+        filters, persistence = _ftp_dsr(vip, port, filters, persistence,
+                                        raw.get("passive_ports", DEFAULT_FTP_PASSIVE_PORTS))
     servers = tuple(
         RealServer(
             address=canonical_address(rs["address"]),
@@ -289,15 +287,20 @@ def build_service(raw: dict) -> Service:
         on_failure=OnFailure(raw.get("on_failure", DEFAULT_ON_FAILURE)),
         fwmark=int(raw["fwmark"]) if "fwmark" in raw else None,
         application=application,
-        passive_ports=passive,
     )
 
 
 FTP_DATA_PORT = 20
 
 
+def ftp_over_dsr(application: Application | str, nat_mode: NatMode | str) -> bool:
+    """FTP in a DSR mode: an fwmark service of its own making (``_ftp_dsr``), filters given
+    or not. Validation asks the same of raw values."""
+    return application == Application.FTP and nat_mode in (NatMode.L2_DSR, NatMode.L3_DSR)
+
+
 def _ftp_dsr(vip: str, port: int, filters: tuple[Filter, ...], persistence: Persistence | None,
-             passive_raw: int | str) -> tuple[PortRange, tuple[Filter, ...], Persistence]:
+             passive_raw: int | str) -> tuple[tuple[Filter, ...], Persistence]:
     """FTP in a DSR mode: no helper can follow the data connections (the LB never sees
     the server's replies), so one persistent fwmark service takes the control port,
     the active-mode data ports (the client's SYN-ACK to the server's data connection
@@ -321,7 +324,7 @@ def _ftp_dsr(vip: str, port: int, filters: tuple[Filter, ...], persistence: Pers
     if persistence is None:
         persistence = Persistence(timeout=DEFAULT_FTP_DSR_PERSISTENCE_TIMEOUT,
                                   netmask=DEFAULT_NETMASK[family_of(vip)])
-    return passive, tuple(excludes + includes + data), persistence
+    return tuple(excludes + includes + data), persistence
 
 
 def build_model(data: dict, source: str) -> Config:

@@ -299,6 +299,7 @@ class Desired:
     sysctls: dict[str, str] = field(default_factory=dict)        # "net.ipv4.ip_forward" -> "1"
     schedulers: frozenset[str] = frozenset()                      # kernel scheduler names needed
     modules: dict[str, KernelModule] = field(default_factory=dict)  # helper modules, load order
+    module_users: dict[str, tuple[str, ...]] = field(default_factory=dict)  # module -> service names
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from .defaults import DEFAULT_HEALTH, DEFAULT_NAT_MODE, DEFAULT_PROTOCOL
 from .errors import Lines, PathPart, Problem, format_path
+from .model import ftp_over_dsr
 from .objects import dotted_quad, split_listen
 
 if TYPE_CHECKING:                 # imported where used: a valid config never needs jsonschema
@@ -535,9 +536,8 @@ class _Semantics:
             for i, flt in enumerate(filters):
                 if isinstance(flt, dict):
                     self.filter(p + ("filters", i), flt, vip, proto)
-        ftp_dsr = svc.get("application") == "ftp" and mode in DSR_MODES   # an fwmark service too
         if "fwmark" in svc and _int(svc["fwmark"], 1, 0xFFFFFFFF) is not None and not filters \
-                and not ftp_dsr:
+                and not ftp_over_dsr(svc.get("application"), mode):      # an fwmark service too
             self.add(p + ("fwmark",), "fwmark is only used by a service with filters "
                                       "(a service without filters is matched by VIP, port and protocol)")
         self.application(p, svc, proto, mode, port)
@@ -665,7 +665,7 @@ class _Semantics:
             port = _int(svc.get("port"), 0, 65535)
             proto = _choice(svc, "protocol", DEFAULT_PROTOCOL, ("tcp", "udp", "sctp"))
             endpoint = None
-            ftp_dsr = svc.get("application") == "ftp" and svc.get("nat_mode") in DSR_MODES
+            ftp_dsr = ftp_over_dsr(svc.get("application"), svc.get("nat_mode"))
             if (not svc.get("filters") and not ftp_dsr and isinstance(vip_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address))
                     and port is not None and proto is not None):
                 endpoint = (vip_addr, port, proto)

@@ -128,7 +128,7 @@ def test_default_application_is_none(load_text):
 def test_ftp_in_dsr_becomes_a_persistent_fwmark_service(load_text):
     svc = load_text(service_yaml(nat_mode="l3-dsr", application="ftp", passive_ports="30000-30009")) \
         .services[0]
-    assert svc.uses_fwmark and svc.passive_ports == PortRange(30000, 30009)
+    assert svc.uses_fwmark
     assert svc.persistence is not None and svc.persistence.timeout == 300
     assert [(f.action, f.dst, f.dst_port) for f in svc.filters] == [
         (FilterAction.INCLUDE, "10.99.100.1/32", PortRange(21, 21)),
@@ -156,7 +156,7 @@ def test_ftp_in_dsr_keeps_the_configs_filters_and_persistence(load_text):
 
 def test_ftp_in_nat_modes_is_a_plain_vip_service(load_text):
     svc = load_text(service_yaml(application="ftp")).services[0]
-    assert not svc.uses_fwmark and svc.persistence is None and svc.passive_ports is None
+    assert not svc.uses_fwmark and svc.persistence is None and not svc.filters
 
 
 # -- desired: modules, sysctls, helpers --------------------------------------------------------
@@ -179,6 +179,8 @@ services:
 
 def test_ip_vs_ftp_carries_the_nat_services_ports(load_text):
     _, desired = desired_of(load_text, TWO_FTP)
+    assert desired.module_users == {"ip_vs_ftp": ("ftp", "ftp2"), "nf_conntrack_ftp": ("ftp2",),
+                                    "nf_nat_ftp": ("ftp2",)}
     # both-nat ftp adds conntrack's ftp helper and its NAT half (the client's PORT is rewritten
     # to snat_ip, the passive data is source-NATed); DSR ftp needs no helper: the fwmark and
     # persistence carry its data connections
@@ -357,8 +359,7 @@ def test_preflight_names_a_missing_helper_module(load_text):
         """)
     desired = expand(cfg, fwmarks_for(cfg, {}))
     assert preflight(desired, b) == [
-        "kernel module nf_nat_tftp is needed (application tftp: the NAT half of conntrack's "
-        "TFTP helper) and this kernel does not have it"]
+        "kernel module nf_nat_tftp (services: tftp) is needed, and this kernel does not have it"]
 
 
 def test_modules_are_never_unloaded_when_the_service_goes(load_text):
