@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from .backend.base import BackendError, Backends
 from .objects import Desired, NftObserved
-from .plan import ADD, IPVS_KINDS, REPLACE, Op, Plan
+from .plan import ADD, IPVS_KINDS, REPLACE, SET, Op, Plan
 
 Progress = Callable[[str], None]
 
@@ -45,6 +45,13 @@ def preflight(desired: Desired, backends: Backends) -> list[str]:
     for key in desired.sysctls:
         if key.startswith("net.ipv4.vs.") and key not in backends.sysctl.read([key]):
             problems.append(f"sysctl {key} does not exist: is the ip_vs module loaded?")
+    if desired.engines:
+        if backends.engines is None:
+            problems.append("ha: needs a backend that runs daemons, and this one cannot")
+        else:
+            for name, package in sorted(backends.engines.missing(desired.engines).items()):
+                problems.append(f"ha: needs {name}, which is not installed: install the Debian "
+                                f"package {package} (apt-get install {package})")
     return problems
 
 
@@ -114,6 +121,20 @@ def _run_one(op: Op, backends: Backends, result: ApplyResult) -> None:
                 f"{e} {op.label} reads its parameters only at load, and it is in use by open "
                 f"connections of the services it serves: end them (or unload it by hand), then "
                 f"apply again", e.errno, op) from None
+    elif op.kind == "sync":
+        if op.action == ADD:
+            backends.ipvs.start_sync_daemon(op.after)
+        else:
+            backends.ipvs.stop_sync_daemon(op.before)
+    elif op.kind == "engine":
+        if backends.engines is None:
+            raise BackendError(f"no backend runs daemons ({op.label})", 0, op)
+        if op.action == ADD:
+            backends.engines.start(op.after)
+        elif op.action == SET:
+            backends.engines.reload(op.after)
+        else:
+            backends.engines.stop(op.before)
     elif op.kind == "link":
         backends.addr.add_link(op.label)          # creates it, or only sets it up
     elif op.kind == "nft":

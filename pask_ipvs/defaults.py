@@ -4,6 +4,11 @@ agree: tests/test_schema.py checks). Read by validation and by the model builder
 DEFAULT_VIP_INTERFACE = "pask0"
 DEFAULT_DRAIN_TIMEOUT = 0
 DEFAULT_METRICS_PER_SERVER = True
+# ha: (an active/standby pair, docs/design.md "ha")
+DEFAULT_HA_ADVERT_INTERVAL = 1
+DEFAULT_HA_PREEMPT = False
+DEFAULT_HA_PREEMPT_DELAY = 10     # s a returning node waits (and syncs) before it takes over
+DEFAULT_HA_SYNC_CONNECTIONS = True
 DEFAULT_PROTOCOL = "tcp"
 DEFAULT_SCHEDULER = "wlc"
 DEFAULT_NAT_MODE = "dest-nat"

@@ -120,7 +120,10 @@ def expand(config: Config, fwmarks: Mapping[str, int],
 
     health = health or {}
     modules, module_users = modules_for(config)
-    desired = Desired(vip_interface=config.vip_interface, sysctls=sysctls_for(config),
+    # with ha: keepalived holds every VIP (on the active node only); vip_interface then
+    # only gives back the addresses earlier runs put there, as with vip_interface: null
+    vip_interface = None if config.ha else config.vip_interface
+    desired = Desired(vip_interface=vip_interface, sysctls=sysctls_for(config),
                       modules=modules, module_users=module_users)
     vips: set[VipAddress] = set()
     schedulers: set[str] = set()
@@ -138,12 +141,15 @@ def expand(config: Config, fwmarks: Mapping[str, int],
                 continue
             dest = IpvsDest(key, rs.address, dest_port(svc, rs), fwd, weight)
             desired.dests[dest.key] = dest
-        if config.vip_interface:
-            vips.add(VipAddress(config.vip_interface, svc.vip,
+        if vip_interface:
+            vips.add(VipAddress(vip_interface, svc.vip,
                                 128 if svc.family == 6 else 32))
     desired.vips = frozenset(vips)
     desired.schedulers = frozenset(schedulers)
     desired.nft = render_table(config.services, fwmarks)
+    if config.ha is not None:
+        from .ha import sync_daemons
+        desired.sync_daemons = sync_daemons(config.ha)
     return desired
 
 

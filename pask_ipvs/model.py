@@ -8,10 +8,12 @@ from the defaults in defaults.py).
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 
 from .defaults import (
-    DEFAULT_APPLICATION, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FTP_DSR_PERSISTENCE_TIMEOUT,
+    DEFAULT_APPLICATION, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HA_ADVERT_INTERVAL, DEFAULT_HA_PREEMPT,
+    DEFAULT_HA_PREEMPT_DELAY, DEFAULT_HA_SYNC_CONNECTIONS, DEFAULT_FTP_DSR_PERSISTENCE_TIMEOUT,
     DEFAULT_FTP_PASSIVE_PORTS, DEFAULT_HEALTH, DEFAULT_METRICS_PER_SERVER, DEFAULT_NAT_MODE, DEFAULT_NETMASK, DEFAULT_ON_FAILURE,
     DEFAULT_PROTOCOL, DEFAULT_SCHEDULER, DEFAULT_STATE, DEFAULT_VIP_INTERFACE, DEFAULT_WEIGHT,
     HEALTH_PARAMS,
@@ -184,11 +186,51 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class HaNode:
+    name: str
+    address: str                    # on peer_link: VRRP and conntrackd talk between these
+    priority: int                   # 1..254; the higher one is MASTER when both start
+
+
+@dataclass(frozen=True)
+class FloatingAddress:
+    """An address (with its prefix) that moves with the active node, as VIPs do."""
+    address: str
+    prefixlen: int
+    interface: str
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_interface(f"{self.address}/{self.prefixlen}").network
+
+    def __str__(self) -> str:
+        return f"{self.address}/{self.prefixlen} on {self.interface}"
+
+
+@dataclass(frozen=True)
+class Ha:
+    """An active/standby pair (docs/design.md "ha"): keepalived moves the addresses, the
+    IPVS sync daemon and conntrackd carry the connections."""
+    virtual_router_id: int
+    peer_link: str
+    nodes: tuple[HaNode, ...]
+    floating_addresses: tuple[FloatingAddress, ...] = ()
+    advert_interval: int = DEFAULT_HA_ADVERT_INTERVAL
+    preempt: bool = DEFAULT_HA_PREEMPT
+    preempt_delay: int = DEFAULT_HA_PREEMPT_DELAY
+    sync_connections: bool = DEFAULT_HA_SYNC_CONNECTIONS
+
+    def node(self, name: str) -> HaNode | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+
+@dataclass(frozen=True)
 class Config:
     services: tuple[Service, ...]
     vip_interface: str | None = "pask0"
     drain_timeout: int = 0          # seconds a removed server drains at weight 0 before deletion; 0 = delete at once
     metrics: Metrics | None = None
+    ha: Ha | None = None
     source: str = "<config>"        # file name, for messages
 
     def service(self, name: str) -> Service:
@@ -334,7 +376,28 @@ def build_model(data: dict, source: str) -> Config:
         vip_interface=data.get("vip_interface", DEFAULT_VIP_INTERFACE),
         drain_timeout=int(data.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
         metrics=build_metrics(data.get("metrics")),
+        ha=build_ha(data.get("ha")),
         source=source,
+    )
+
+
+def build_ha(raw: dict | None) -> Ha | None:
+    if raw is None:
+        return None
+    floating = []
+    for f in raw.get("floating_addresses", ()):
+        addr, _, prefix = f["address"].partition("/")
+        floating.append(FloatingAddress(canonical_address(addr), int(prefix), f["interface"]))
+    return Ha(
+        virtual_router_id=int(raw["virtual_router_id"]),
+        peer_link=raw["peer_link"],
+        nodes=tuple(HaNode(n["name"], canonical_address(n["address"]), int(n["priority"]))
+                    for n in raw["nodes"]),
+        floating_addresses=tuple(floating),
+        advert_interval=int(raw.get("advert_interval", DEFAULT_HA_ADVERT_INTERVAL)),
+        preempt=bool(raw.get("preempt", DEFAULT_HA_PREEMPT)),
+        preempt_delay=int(raw.get("preempt_delay", DEFAULT_HA_PREEMPT_DELAY)),
+        sync_connections=bool(raw.get("sync_connections", DEFAULT_HA_SYNC_CONNECTIONS)),
     )
 
 

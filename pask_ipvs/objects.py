@@ -286,6 +286,57 @@ class KernelModule(NamedTuple):
         return " ".join([self.name, *(f"{k}={v}" for k, v in self.params)])
 
 
+class SyncDaemon(NamedTuple):
+    """An IPVS connection-sync thread: ``master`` sends the connections this node serves
+    over ``interface`` (multicast), ``backup`` takes in those of the peer. An HA node runs
+    both, so whichever holds the addresses sends and the other keeps a warm copy."""
+
+    state: str              # "master" | "backup"
+    interface: str          # mcast_ifn: the peer link
+    syncid: int             # 0..255; pask uses the VRRP router id
+
+    def __str__(self) -> str:
+        return f"{self.state} on {self.interface} syncid {self.syncid}"
+
+
+class EngineFile(NamedTuple):
+    path: str
+    content: str
+    mode: int = 0o644
+
+
+class Engine(NamedTuple):
+    """A daemon pask runs but does not write (keepalived, conntrackd): the files it reads,
+    rendered by pask, and how to run it. Started when not running; reloaded when a file
+    differs from what is on disk."""
+
+    name: str
+    files: tuple[EngineFile, ...]
+    argv: tuple[str, ...]               # starts it as a daemon (forks, returns)
+    foreground_argv: tuple[str, ...]    # runs it in the foreground (a systemd unit's command)
+    reload: str = "hup"                 # "hup": SIGHUP re-reads the config; "restart"
+    stale: tuple[str, ...] = ()         # files a killed instance leaves that block a start
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for f in self.files:
+            h.update(f"{f.path}\0{f.mode:o}\0{f.content}\0".encode())
+        return h.hexdigest()[:12]
+
+    def __str__(self) -> str:
+        return f"{self.name} (config {self.digest()})"
+
+
+class EngineObserved(NamedTuple):
+    name: str
+    running: bool
+    files: tuple[EngineFile, ...]       # the desired files as they are on disk ("" when absent)
+
+    def __str__(self) -> str:
+        state = "running" if self.running else "not running"
+        return f"{self.name} ({state}, config {Engine(self.name, self.files, (), ()).digest()})"
+
+
 @dataclass
 class Desired:
     """What the kernel should hold, expanded from the model. Pure data."""
@@ -300,6 +351,12 @@ class Desired:
     schedulers: frozenset[str] = frozenset()                      # kernel scheduler names needed
     modules: dict[str, KernelModule] = field(default_factory=dict)  # helper modules, load order
     module_users: dict[str, tuple[str, ...]] = field(default_factory=dict)  # module -> service names
+    sync_daemons: frozenset[SyncDaemon] = frozenset()              # with ha: IPVS connection sync
+    engines: dict[str, Engine] = field(default_factory=dict)      # with ha: start order
+    # what earlier runs started (the state file) and this config no longer has: stopped
+    retired_sync: frozenset[SyncDaemon] = frozenset()
+    retired_engines: dict[str, Engine] = field(default_factory=dict)
+    retired_vips: frozenset[VipAddress] = frozenset()              # pask's, to take back
 
 
 @dataclass
@@ -312,6 +369,8 @@ class Observed:
     vips: frozenset[VipAddress] = frozenset()
     sysctls: Mapping[str, str] = field(default_factory=dict)
     modules: Mapping[str, KernelModule] = field(default_factory=dict)   # loaded, of those desired
+    sync_daemons: frozenset[SyncDaemon] = frozenset()
+    engines: Mapping[str, EngineObserved] = field(default_factory=dict)  # of those desired or pask's
 
 
 # -- a real server for DSR (pask realserver) ---------------------------------------

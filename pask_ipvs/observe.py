@@ -29,9 +29,21 @@ def _observe_rest(desired: Desired, backends: Backends, ipvs: IpvsObserved) -> O
     link, vips = (None, frozenset())
     if desired.vip_interface:
         link, vips = backends.addr.observe(desired.vip_interface)
+    else:   # VIPs are kept elsewhere: only the interfaces of those pask once added
+        for interface in sorted({v.interface for v in desired.retired_vips}):
+            vips |= backends.addr.observe(interface)[1]
     sysctls = backends.sysctl.read(desired.sysctls.keys())
     modules = backends.modules.observe(desired.modules) if desired.modules and backends.modules else {}
-    return Observed(ipvs=ipvs, nft=nft, link=link, vips=vips, sysctls=sysctls, modules=modules)
+    sync = frozenset()
+    if desired.sync_daemons or desired.retired_sync:
+        sync = backends.ipvs.observe_sync_daemons()
+    engines = {}
+    wanted = [*desired.engines.values(),
+              *(e for n, e in desired.retired_engines.items() if n not in desired.engines)]
+    if wanted and backends.engines is not None:
+        engines = backends.engines.observe(wanted)
+    return Observed(ipvs=ipvs, nft=nft, link=link, vips=vips, sysctls=sysctls, modules=modules,
+                    sync_daemons=sync, engines=engines)
 
 
 def touched_services(ops: Iterable[Op]) -> set[ServiceKey]:

@@ -59,6 +59,7 @@ class ApplyRequest:
     quiet: bool = False
     json: bool = False              # the report carries every op and the plan text (costly at 30k ops)
     detailed_exitcode: bool = False
+    node: str | None = None         # ha: which node this is (default: by its peer_link address)
 
     @property
     def planning_only(self) -> bool:
@@ -192,6 +193,9 @@ def _plan(request: ApplyRequest, out: Output, report: dict, config: "Config", st
     fwmarks = fwmarks_for(config, state.fwmarks)
     desired = expand(config, fwmarks, health)
     try:
+        ha_problems = _ha_desired(request, config, state, desired, backends)
+        if ha_problems:
+            return None, ha_problems + ["nothing was changed"]
         observed = observe(desired, backends, stats=config.drain_timeout > 0)
     except BackendError as e:
         return None, [f"cannot read the kernel's state: {e}{_hint(e)}"]
@@ -209,6 +213,54 @@ def _plan(request: ApplyRequest, out: Output, report: dict, config: "Config", st
     if request.planning_only:
         return None, []
     return _Planned(desired, observed, plan, fwmarks), []
+
+
+def _ha_desired(request: ApplyRequest, config: "Config", state: PaskState, desired: Desired,
+                backends: "Backends") -> list[str]:
+    """With ha: which node this is (--node, or its address on peer_link) and its engines.
+    Either way: what earlier runs started that this config no longer has (to stop)."""
+    from .ha import NodeError, engines, find_node
+    from .objects import VipAddress
+    from .render.ha import EnginePaths
+
+    ha = config.ha
+    if ha is not None:
+        link, held = backends.addr.observe(ha.peer_link)
+        if request.offline:     # an empty kernel holds no address: plan as the node named, or the first
+            named = ha.node(request.node) if request.node else ha.nodes[0]
+            if named is None:
+                return [_ha_problem(request.config, ("ha", "nodes"),
+                                    f"--node {request.node}: the config's ha.nodes are "
+                                    + ", ".join(n.name for n in ha.nodes))]
+            held = frozenset({VipAddress(ha.peer_link, named.address, 32)})
+        elif link is None:
+            return [_ha_problem(request.config, ("ha", "peer_link"),
+                                f"peer_link {ha.peer_link} does not exist on this host")]
+        try:
+            node = find_node(ha, request.node, [a.addr for a in held])
+        except NodeError as e:
+            named = ha.node(request.node) if request.node else None
+            where = ("ha", "nodes", ha.nodes.index(named), "address") if named else ("ha", "nodes")
+            return [_ha_problem(request.config, where, str(e))]
+        desired.engines = engines(config, node, EnginePaths.for_state_file(request.state_file))
+    desired.retired_engines = {n: e for n, e in state.engines.items() if n not in desired.engines}
+    desired.retired_sync = frozenset(state.sync_daemons) - desired.sync_daemons
+    desired.retired_vips = frozenset(state.vips) - desired.vips
+    return []
+
+
+def _ha_problem(path: str, where: tuple, message: str) -> str:
+    """FILE:LINE: $.path: message, the line read again (an error path: the run ends here)."""
+    from .errors import Problem, format_path
+    from .load import load_document
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            _, lines = load_document(path, f.read())
+        line = lines.line(where)
+    except Exception:      # the message matters more than its line
+        line = 0
+    return str(Problem(path, line, format_path(where), message))
 
 
 def _report_outcome(request: ApplyRequest, out: Output, report: dict, outcome: Outcome) -> list[str]:

@@ -30,9 +30,14 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("dest", ADD),
     ("dest", SET),
     ("nft", REPLACE),
+    ("sync", DELETE),         # IPVS keeps one sync thread per state: a changed one goes first
+    ("sync", ADD),
+    ("engine", ADD),          # ha: conntrackd, then keepalived (whose addresses need the rest)
+    ("engine", SET),          # its rendered files changed: reload (keepalived) or restart
     ("dest", DELETE),
     ("service", DELETE),
     ("nft", DELETE),
+    ("engine", DELETE),       # ha: gone from the config (its VIPs were put on vip_interface above)
     ("address", DELETE),
 )
 _PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
@@ -64,9 +69,11 @@ class Op:
             return replace(self, action=DELETE, before=self.after, after=None, reason="rollback")
         if self.action == DELETE:
             return replace(self, action=ADD, before=None, after=self.before, reason="rollback")
-        if self.action == SET:
+        if self.action == SET and self.kind != "engine":
             return replace(self, before=self.after, after=self.before, reason="rollback")
-        return None  # an nft replace is atomic on its own; the old table is not kept
+        # an nft replace is atomic on its own, the old table is not kept; an engine that
+        # re-read its files is left so (its old files are not kept either)
+        return None
 
 
 @dataclass(frozen=True)
@@ -168,7 +175,41 @@ def diff(desired: Desired, observed: Observed, state: PaskState | None = None,
             ops.append(Op(DELETE, "service", str(key), have, None, service=names[key]))
 
     ops.extend(_nft_ops(desired.nft, observed, state))
+    ops.extend(sync_ops(desired, observed))
+    ops.extend(engine_ops(desired, observed))
     return Plan(ordered(ops), draining)
+
+
+def sync_ops(desired: Desired, observed: Observed) -> list[Op]:
+    """Start the sync threads the config wants. The kernel runs one per state, so with
+    ha: pask owns both states: a thread of another interface or sync id is replaced. A
+    thread an earlier run started for a config that no longer has it is stopped."""
+    ops: list[Op] = []
+    states = {d.state for d in desired.sync_daemons}
+    for have in sorted(observed.sync_daemons - desired.sync_daemons):
+        if have.state in states or have in desired.retired_sync:
+            ops.append(Op(DELETE, "sync", have.state, have, None))
+    for want in sorted(desired.sync_daemons - observed.sync_daemons):
+        ops.append(Op(ADD, "sync", want.state, None, want))
+    return ops
+
+
+def engine_ops(desired: Desired, observed: Observed) -> list[Op]:
+    """Start an engine that is not running; reload one whose files differ from what is on
+    disk (a reload never moves the addresses: keepalived keeps its state on SIGHUP).
+    Stop one an earlier run started that the config no longer has."""
+    ops: list[Op] = []
+    for name, want in desired.engines.items():
+        have = observed.engines.get(name)
+        if have is None or not have.running:
+            ops.append(Op(ADD, "engine", name, have, want))
+        elif have.files != want.files:
+            ops.append(Op(SET, "engine", name, have, want, "config changed"))
+    for name, old in desired.retired_engines.items():
+        have = observed.engines.get(name)
+        if name not in desired.engines and have is not None and have.running:
+            ops.append(Op(DELETE, "engine", name, old, None))
+    return ops
 
 
 def module_ops(desired: Desired, observed: Observed) -> list[Op]:

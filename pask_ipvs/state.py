@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .objects import DestKey, ServiceKey, VipAddress
+from .objects import DestKey, Engine, ServiceKey, SyncDaemon, VipAddress
 from .storage import write_json_atomic
 
 DEFAULT_STATE_FILE = "/var/lib/pask/state.json"
@@ -26,6 +26,10 @@ class PaskState:
     nft_listing_digest: str | None = None
     vips: list[VipAddress] = field(default_factory=list)
     draining: dict[DestKey, float] = field(default_factory=dict)   # dest -> drain start (epoch s)
+    # ha: the IPVS sync threads and the engines pask started, so that a config without
+    # them stops them (an engine is found again by its command line; its files don't matter)
+    sync_daemons: list[SyncDaemon] = field(default_factory=list)
+    engines: dict[str, Engine] = field(default_factory=dict)
     # the last run that left the kernel verified equal to the config: digests of its
     # inputs and of the kernel it read, for the no-op fast path (fastpath/)
     last_verified: dict | None = None
@@ -40,6 +44,9 @@ class PaskState:
             "vips": [[v.interface, v.addr, v.prefixlen] for v in sorted(self.vips)],
             "draining": [[_key_to_json(k.service), k.addr, k.port, t]
                          for k, t in sorted(self.draining.items())],
+            **({"sync_daemons": [list(d) for d in sorted(self.sync_daemons)]} if self.sync_daemons else {}),
+            **({"engines": {n: {"argv": list(e.argv), "foreground_argv": list(e.foreground_argv)}
+                            for n, e in sorted(self.engines.items())}} if self.engines else {}),
             **({"fingerprint": self.last_verified} if self.last_verified else {}),
         }
 
@@ -55,6 +62,9 @@ class PaskState:
             draining={DestKey(_key_from_json(s), a, int(p)): float(t)
                       for s, a, p, t in data.get("draining", [])},
             last_verified=_last_verified_from_json(data.get("fingerprint")),
+            sync_daemons=[SyncDaemon(st, ifn, int(i)) for st, ifn, i in data.get("sync_daemons", [])],
+            engines={n: Engine(n, (), tuple(e["argv"]), tuple(e["foreground_argv"]))
+                     for n, e in data.get("engines", {}).items()},
         )
 
     def inputs_digest(self, code: bytes, config_text: str, health: bytes) -> str:

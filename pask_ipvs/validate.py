@@ -334,9 +334,13 @@ def _translate(err: ValidationError, data: object, prefix: Path = ()) -> Iterato
             yield path, f"{_show(value)} is too short (allowed: at least {n} characters)"
         else:
             yield path, f"{_show(value)} is too long (allowed: at most {n} characters)"
-    elif kw == "minItems":
+    elif kw in ("minItems", "maxItems"):
         n = err.validator_value
-        yield path, f"an empty list is not allowed (allowed: at least {n} item{'s' if n != 1 else ''})"
+        have = len(value) if isinstance(value, list) else 0
+        what = "an empty list is" if not have else ("1 item is" if have == 1 else f"{have} items are")
+        bound = "at least" if kw == "minItems" else "at most"
+        yield path, (f"{what} not allowed (allowed: {bound} {n} item{'s' if n != 1 else ''}"
+                     + (f": {desc}" if desc else "") + ")")
     elif kw == "not" and path and isinstance(path[-1], str):
         parent = _parent(data, path[:-1])
         htype = parent.get("type", DEFAULT_HEALTH["type"]) if isinstance(parent, dict) else None
@@ -692,6 +696,93 @@ class _Semantics:
                                           "each service needs its own fwmark")
 
 
+def ha_issues(data: dict, lines: Lines) -> list[Issue]:
+    """The ``ha:`` rules the schema cannot express (docs/design.md "ha"): a pair of distinct
+    nodes, and every address clients or servers use (VIPs, snat_ip) able to move with the
+    active node."""
+    checker = _Semantics(lines)
+    ha = data.get("ha")
+    if not isinstance(ha, dict):
+        return []
+    nodes = ha.get("nodes") if isinstance(ha.get("nodes"), list) else []
+    seen: dict[str, dict[object, int]] = {"name": {}, "address": {}, "priority": {}}
+    families: set[int] = set()
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict):
+            continue
+        p: Path = ("ha", "nodes", i)
+        addr = checker.address(p + ("address",), node.get("address"), "node address")
+        if addr is not None:
+            families.add(addr.version)
+        for key in seen:
+            value = addr if key == "address" else node.get(key)
+            if value is None or isinstance(value, (dict, list)):
+                continue
+            first = seen[key].setdefault(value, i)
+            if first != i:
+                checker.add(p + (key,), f"{key} {value} is also node {nodes[first].get('name')!r}'s "
+                                        f"(line {lines.line(('ha', 'nodes', first, key))}); the two "
+                                        f"nodes need different {key}s"
+                                        + (" (the higher one is MASTER when both start)"
+                                           if key == "priority" else ""))
+    if len(families) > 1:
+        checker.add(("ha", "nodes"), "the nodes' addresses are of different families; both must be "
+                                     "IPv4 or both IPv6 (they talk VRRP to each other)")
+    floating: list[tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, str]] = []
+    complete = True         # a refused floating address: VIPs are not judged against the rest
+    raw_floating = ha.get("floating_addresses") if isinstance(ha.get("floating_addresses"), list) else []
+    firsts: dict[object, int] = {}
+    for i, f in enumerate(raw_floating):
+        if not isinstance(f, dict) or not isinstance(f.get("address"), str):
+            continue
+        path: Path = ("ha", "floating_addresses", i, "address")
+        try:
+            iface = ipaddress.ip_interface(f["address"])
+        except ValueError as e:
+            checker.add(path, f"{f['address']!r} is not an address with its prefix length, such as "
+                              f"10.99.1.1/24 ({e})")
+            complete = False
+            continue
+        if "/" not in f["address"]:
+            checker.add(path, f"{f['address']!r} has no prefix length: write it as the interface "
+                              f"gets it, such as {iface.ip}/24")
+            complete = False
+            continue
+        first = firsts.setdefault(iface.ip, i)
+        if first != i:
+            checker.add(path, f"{iface.ip} is already floating_addresses[{first}] (line "
+                              f"{lines.line(('ha', 'floating_addresses', first, 'address'))})")
+            complete = False
+            continue
+        floating.append((iface, str(f.get("interface"))))
+    services = data.get("services") if isinstance(data.get("services"), list) and complete else []
+    where = ", ".join(f"{iface} on {name}" for iface, name in floating) or "none"
+    for i, svc in enumerate(services):
+        if not isinstance(svc, dict) or not isinstance(svc.get("vip"), str):
+            continue
+        vip = _parse_address(svc["vip"])
+        if isinstance(vip, str):
+            continue
+        if not any(vip in iface.network for iface, _ in floating):
+            checker.add(("services", i, "vip"),
+                        f"VIP {vip} is in no network of ha.floating_addresses ({where}): with ha, "
+                        "keepalived moves each VIP to the active node on the interface of the "
+                        "floating address whose network holds it (allowed: a VIP inside one of "
+                        "them, or a floating address for the VIP's network)")
+        snat = svc.get("snat_ip")
+        if isinstance(snat, str) and svc.get("nat_mode") == "both-nat":
+            addr = _parse_address(snat)
+            vips = {_parse_address(s.get("vip")) for s in services
+                    if isinstance(s, dict) and isinstance(s.get("vip"), str)}
+            if not isinstance(addr, str) and addr not in {iface.ip for iface, _ in floating} \
+                    and addr not in vips:
+                checker.add(("services", i, "snat_ip"),
+                            f"snat_ip {addr} does not move with the active node: with ha, the real "
+                            "servers answer to it, so it must be one of ha.floating_addresses "
+                            f"({where}) or a VIP")
+    return checker.issues
+
+
 def service_clashes(rows: Sequence[tuple[object, object, object]]) -> Iterator[tuple[str, int, int]]:
     """The rules between services, in one place (validation here; the config cache, on
     models): each row is a service's (name, VIP + port + protocol of a service without
@@ -713,4 +804,6 @@ def semantic_issues(data: object, lines: Lines) -> list[Issue]:
         checker.metrics(("metrics", "listen"), data["metrics"].get("listen"))
     if isinstance(data, dict) and isinstance(data.get("services"), list):
         checker.services(data["services"])
+    if isinstance(data, dict) and "ha" in data:
+        checker.issues.extend(ha_issues(data, lines))
     return checker.issues

@@ -55,12 +55,19 @@ def next_state(previous: PaskState, desired: Desired, fwmarks: dict[str, int],
         nft_digest = observed_after.nft.listing_digest
     if desired.nft is None:
         nft_digest = None
+    sync = set(desired.sync_daemons)
+    engines = dict(desired.engines)
+    if result is not None and not result.ok:      # what may still run
+        sync |= set(desired.retired_sync)
+        engines = {**desired.retired_engines, **engines}
     return PaskState(
         services=services,
         fwmarks=dict(fwmarks),
         nft_listing_digest=nft_digest,
         vips=sorted(desired.vips),
         draining=dict(plan.draining),
+        sync_daemons=sorted(sync),
+        engines=engines,
     )
 
 

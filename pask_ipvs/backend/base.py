@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
 
 from ..objects import (
-    IpvsObserved, KernelModule, LinkObserved, NftObserved, NftTable, ServiceKey, VipAddress,
+    Engine, EngineObserved, IpvsObserved, KernelModule, LinkObserved, NftObserved, NftTable,
+    ServiceKey, SyncDaemon, VipAddress,
 )
 
 
@@ -45,6 +46,13 @@ class IpvsBackend(Protocol):
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
         """Run service/dest ops in order (batched). The kernel goes on after a failed
         message, so every op is attempted; returns one error per failed op (with ``.op``)."""
+
+    def observe_sync_daemons(self) -> frozenset[SyncDaemon]:
+        """The IPVS connection-sync threads running in this network namespace."""
+
+    def start_sync_daemon(self, daemon: SyncDaemon) -> None: ...
+
+    def stop_sync_daemon(self, daemon: SyncDaemon) -> None: ...
 
     def missing_schedulers(self, names: Iterable[str]) -> dict[str, str]:
         """Kernel scheduler names that this kernel cannot load -> the module name missing."""
@@ -97,6 +105,24 @@ class ModuleBackend(Protocol):
         """Unload it and load it with these parameters; BackendError (EBUSY) while in use."""
 
 
+class EngineBackend(Protocol):
+    """Daemons pask runs from files it renders (keepalived, conntrackd)."""
+
+    def observe(self, engines: Iterable[Engine]) -> dict[str, EngineObserved]:
+        """Whether each runs, and its files as they are on disk."""
+
+    def start(self, engine: Engine) -> None:
+        """Write its files, start it, return once it runs."""
+
+    def reload(self, engine: Engine) -> None:
+        """Write its files and make the running daemon read them (SIGHUP or a restart)."""
+
+    def stop(self, engine: Engine) -> None: ...
+
+    def missing(self, names: Iterable[str]) -> dict[str, str]:
+        """Engine -> the Debian package to install, for each whose program is missing."""
+
+
 @dataclass
 class Backends:
     ipvs: IpvsBackend
@@ -105,3 +131,4 @@ class Backends:
     sysctl: SysctlBackend
     extra: dict = field(default_factory=dict)
     modules: ModuleBackend | None = None    # None: a kernel whose modules pask may not touch
+    engines: EngineBackend | None = None    # None: this backend cannot run daemons (ha: refused)

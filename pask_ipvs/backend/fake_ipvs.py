@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 
 from ..objects import (
     FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestKey, DestStats, IpvsDest, IpvsObserved, IpvsService,
-    ServiceKey, Stats, family_of,
+    ServiceKey, Stats, SyncDaemon, family_of,
 )
 from . import ipvs_codec as wire, ipvs_scan as scan, netlink as nl
 from .base import BackendError
@@ -66,6 +66,8 @@ class FakeIpvs:
         self.observe_calls = 0                   # whole-table reads
         self.observe_services_calls: list[list[ServiceKey]] = []   # the keys of each partial read
         self.service_digest_calls = 0
+        self.sync_daemons: dict[str, SyncDaemon] = {}   # state -> the running thread
+        self.interfaces: frozenset[str] | None = None   # links a daemon may use (None: any)
         self._encoder = wire.IpvsEncoder(family=0)
 
     # IpvsBackend ------------------------------------------------------------
@@ -111,6 +113,31 @@ class FakeIpvs:
     def missing_schedulers(self, names: Iterable[str]) -> dict[str, str]:
         return {name: f"ip_vs_{name}" for name in sorted(set(names))
                 if name not in self.available_schedulers and name != NO_SCHEDULER}
+
+    def observe_sync_daemons(self) -> frozenset[SyncDaemon]:
+        return frozenset(self.sync_daemons.values())
+
+    def start_sync_daemon(self, daemon: SyncDaemon) -> None:
+        """As ip_vs_sync.c: one thread per state (EEXIST), on an existing link (ENODEV),
+        a sync id of 0..255 (EINVAL)."""
+        if daemon.state not in ("master", "backup") or not 0 <= daemon.syncid <= 255:
+            code = errno.EINVAL
+        elif daemon.state in self.sync_daemons:
+            code = errno.EEXIST
+        elif self.interfaces is not None and daemon.interface not in self.interfaces:
+            code = errno.ENODEV
+        else:
+            self.sync_daemons[daemon.state] = daemon
+            self.writes += 1
+            return
+        raise BackendError(f"start IPVS sync daemon {daemon}: {errno_text(code)}", code)
+
+    def stop_sync_daemon(self, daemon: SyncDaemon) -> None:
+        if daemon.state not in self.sync_daemons:
+            code = errno.ESRCH
+            raise BackendError(f"stop IPVS sync daemon {daemon}: {errno_text(code)}", code)
+        del self.sync_daemons[daemon.state]
+        self.writes += 1
 
     # test helpers -----------------------------------------------------------
 

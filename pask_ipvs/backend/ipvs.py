@@ -18,7 +18,7 @@ import subprocess
 import threading
 from typing import Callable, Iterable, Sequence
 
-from ..objects import IpvsObserved, ServiceKey
+from ..objects import IpvsObserved, ServiceKey, SyncDaemon
 from . import ipvs_codec as wire, ipvs_layout as layout, ipvs_scan as scan, netlink as nl
 from .base import BackendError
 from .modules import kernel_module_names
@@ -438,6 +438,38 @@ class IpvsNetlink:
                     f"{describe_op(ops[index])}: outcome unknown, netlink acks were dropped",
                     errno_mod.ENOBUFS, ops[index])))
         return True
+
+    # connection sync ------------------------------------------------------
+
+    def observe_sync_daemons(self) -> frozenset[SyncDaemon]:
+        conn, enc = self._main()
+        out: set[SyncDaemon] = set()
+        seq = conn.reserve(1)
+        try:
+            conn.dump(enc.get_daemons(seq), seq, lambda buf, hdr: out.add(wire.decode_daemon(buf, hdr)))
+        except OSError as exc:
+            raise BackendError(f"IPVS sync daemon dump failed: {exc.strerror}", exc.errno or 0) from exc
+        return frozenset(out)
+
+    def start_sync_daemon(self, daemon: SyncDaemon) -> None:
+        self._daemon_request(wire.IPVS_CMD_NEW_DAEMON, daemon, "start")
+
+    def stop_sync_daemon(self, daemon: SyncDaemon) -> None:
+        self._daemon_request(wire.IPVS_CMD_DEL_DAEMON, daemon, "stop")
+
+    def _daemon_request(self, cmd: int, daemon: SyncDaemon, verb: str) -> None:
+        conn, enc = self._main()
+        seq = conn.reserve(1)
+        conn.sock.send(enc.daemon(cmd, daemon, seq))
+        while True:
+            n = conn.recv()
+            for hdr in nl.iter_messages(conn.buf, n):
+                if hdr.seq == seq and hdr.type == nl.NLMSG_ERROR:
+                    code = nl.decode_ack(conn.buf, hdr).errno
+                    if code:
+                        raise BackendError(f"{verb} IPVS sync daemon {daemon}: {errno_text(code)}",
+                                           code)
+                    return
 
     # schedulers -----------------------------------------------------------
 

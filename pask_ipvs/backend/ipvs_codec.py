@@ -30,7 +30,8 @@ import socket
 import struct
 
 from ..objects import (
-    FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestStats, IpvsDest, IpvsService, ServiceKey, Stats, family_of,
+    FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestStats, IpvsDest, IpvsService, ServiceKey, Stats, SyncDaemon,
+    family_of,
 )
 from .netlink import (
     ADDR_LEN, FLAGS_STRUCT, GENL_HDR, Header, MSG_HDR, NLA_F_NESTED, NLA_LEN_ADDR,
@@ -52,8 +53,22 @@ IPVS_CMD_SET_DEST = 6
 IPVS_CMD_DEL_DEST = 7
 IPVS_CMD_GET_DEST = 8
 
+IPVS_CMD_NEW_DAEMON = 9
+IPVS_CMD_DEL_DAEMON = 10
+IPVS_CMD_GET_DAEMON = 11
+
 IPVS_CMD_ATTR_SERVICE = 1
 IPVS_CMD_ATTR_DEST = 2
+IPVS_CMD_ATTR_DAEMON = 3
+
+# the connection-sync daemon (net/netfilter/ipvs/ip_vs_sync.c)
+IPVS_DAEMON_ATTR_STATE = 1          # u32: IP_VS_STATE_MASTER / BACKUP
+IPVS_DAEMON_ATTR_MCAST_IFN = 2      # string: the interface it sends / listens on
+IPVS_DAEMON_ATTR_SYNC_ID = 3        # u32: 0..255, pairs tell each other's messages by it
+IP_VS_STATE_MASTER = 1
+IP_VS_STATE_BACKUP = 2
+SYNC_STATE_TO_WIRE = {"master": IP_VS_STATE_MASTER, "backup": IP_VS_STATE_BACKUP}
+SYNC_STATE_FROM_WIRE = {v: k for k, v in SYNC_STATE_TO_WIRE.items()}
 
 IPVS_SVC_ATTR_AF = 1
 IPVS_SVC_ATTR_PROTOCOL = 2
@@ -343,6 +358,20 @@ class IpvsEncoder:
             nest = self._key_nest[key] = nla_nest(IPVS_CMD_ATTR_SERVICE, service_key_attrs(key))
         return nest
 
+    def get_daemons(self, seq: int) -> bytes:
+        """GET_DAEMON dump: one NEW_DAEMON message per running sync thread (master, backup)."""
+        return message(self.family, NLM_F_REQUEST | NLM_F_DUMP, seq, IPVS_CMD_GET_DAEMON,
+                       IPVS_GENL_VERSION, b"")
+
+    def daemon(self, cmd: int, daemon: SyncDaemon, seq: int) -> bytes:
+        """NEW_DAEMON (state, interface, sync id) or DEL_DAEMON (state only), acked."""
+        attrs = [nla_u32(IPVS_DAEMON_ATTR_STATE, SYNC_STATE_TO_WIRE[daemon.state])]
+        if cmd == IPVS_CMD_NEW_DAEMON:
+            attrs += [nla_str(IPVS_DAEMON_ATTR_MCAST_IFN, daemon.interface),
+                      nla_u32(IPVS_DAEMON_ATTR_SYNC_ID, daemon.syncid)]
+        return message(self.family, NLM_F_REQUEST | NLM_F_ACK, seq, cmd, IPVS_GENL_VERSION,
+                       nla_nest(IPVS_CMD_ATTR_DAEMON, *attrs))
+
     # pask ops ---------------------------------------------------------
 
     def op(self, op: object, seq: int, flags: int = NLM_F_REQUEST) -> bytes:
@@ -411,6 +440,15 @@ def decode_service(buf, hdr: Header, with_stats: bool = False) -> tuple[IpvsServ
                       netmask_from_wire(af, u32_at(buf, a[IPVS_SVC_ATTR_NETMASK])))
     stats = decode_stats(buf, a, IPVS_SVC_ATTR_STATS, IPVS_SVC_ATTR_STATS64) if with_stats else None
     return svc, stats
+
+
+def decode_daemon(buf, hdr: Header) -> SyncDaemon:
+    """One GET_DAEMON dump message -> SyncDaemon."""
+    a = _nested(buf, hdr, IPVS_CMD_ATTR_DAEMON)
+    state = u32_at(buf, a[IPVS_DAEMON_ATTR_STATE])
+    return SyncDaemon(SYNC_STATE_FROM_WIRE.get(state, str(state)),
+                      asciiz_at(buf, a[IPVS_DAEMON_ATTR_MCAST_IFN]),
+                      u32_at(buf, a[IPVS_DAEMON_ATTR_SYNC_ID]))
 
 
 def decode_dest(buf, hdr: Header, service: ServiceKey,

@@ -7,10 +7,11 @@ from .base import Backends
 
 def real_backends() -> Backends:
     from .addr import IPRouteAddr
+    from .engines import ProcessEngines
     from .ipvs import IpvsNetlink
     from .modules import LinuxModules
     from .nft import NftLib
     from .sysctl import ProcSysctl
 
     return Backends(ipvs=IpvsNetlink(), nft=NftLib(), addr=IPRouteAddr(), sysctl=ProcSysctl(),
-                    modules=LinuxModules())
+                    modules=LinuxModules(), engines=ProcessEngines())

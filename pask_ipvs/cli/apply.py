@@ -57,6 +57,9 @@ def parser(prog: str = "pask-apply") -> argparse.ArgumentParser:
                    help=f"what pask owns, kept between runs (default {DEFAULT_STATE_FILE})")
     p.add_argument("--health-file", default=DEFAULT_HEALTH_FILE,
                    help=f"server health written by pask-healthd (default {DEFAULT_HEALTH_FILE})")
+    p.add_argument("--node", metavar="NAME",
+                   help="with ha: which of ha.nodes this host is (default: the node whose "
+                        "address this host holds on ha.peer_link)")
     p.add_argument("--offline", action="store_true",
                    help="plan against an empty in-memory kernel; implies --dry-run")
     p.add_argument("-v", "--verbose", action="count", default=0, help="list every op, show progress")
@@ -91,7 +94,7 @@ def request_of(args: argparse.Namespace) -> "ApplyRequest":
                         health_file=args.health_file, dry_run=args.dry_run,
                         offline=args.offline, diff=args.diff, verbose=args.verbose,
                         quiet=args.quiet, json=args.format == "json",
-                        detailed_exitcode=args.detailed_exitcode)
+                        detailed_exitcode=args.detailed_exitcode, node=args.node)
 
 
 def exit_code(request: "ApplyRequest", report: dict) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..health_file import DEFAULT_HEALTH_FILE
@@ -32,17 +33,38 @@ def main(argv: Sequence[str] | None = None, prog: str = "pask-status", *,
         from ..backend.real import real_backends
         backends = real_backends
     try:
-        rows = status_report(backends().ipvs, args.state_file, args.health_file, args.all)
+        kernel = backends()
+        rows = status_report(kernel.ipvs, args.state_file, args.health_file, args.all)
+        ha = ha_report(kernel, args.state_file)
     except (BackendError, OSError, ValueError) as e:
         print(f"pask-status: {e}", file=sys.stderr)
         return EXIT_ERROR
     if args.format == "json":
-        print(json.dumps({"services": rows}, indent=1, sort_keys=True))
-    elif rows:
+        print(json.dumps({"services": rows, **({"ha": ha} if ha else {})}, indent=1, sort_keys=True))
+        return EXIT_OK
+    if ha:
+        since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ha['since']))}" \
+            if ha["since"] else ""
+        print(f"HA role: {ha['role']}{since} (keepalived {ha['keepalived']})")
+    if rows:
         print(format_table(rows))
     else:
         print("No services owned by pask in the kernel (pask-status --all shows foreign ones).")
     return EXIT_OK
+
+
+def ha_report(kernel: "Backends", state_file: str) -> dict | None:
+    """With ha (the state file records the keepalived pask-apply started): the node's role."""
+    from ..ha import ha_status
+    from ..state import load_state
+
+    keepalived = load_state(state_file).engines.get("keepalived")
+    if keepalived is None:
+        return None
+    running = None
+    if kernel.engines is not None:
+        running = kernel.engines.observe([keepalived])["keepalived"].running
+    return ha_status(state_file, running)
 
 
 if __name__ == "__main__":

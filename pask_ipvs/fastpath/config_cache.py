@@ -281,6 +281,8 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
         head_data = read_fast(head)          # None: something only the full load may judge
         if not isinstance(head_data, dict) or "services" in head_data:
             return None
+        if "ha" in head_data:   # ha's rules tie each VIP to the head: items cached under another head may break them
+            return None
         head_doc = {**head_data, "services": []}
         if validate(head_doc, NO_LINES, path):
             return None

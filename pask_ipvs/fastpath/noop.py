@@ -62,6 +62,8 @@ def record_verified(outcome: "Outcome", desired: "Desired", code: bytes, text: s
 
     if not outcome.verified or outcome.state.draining or outcome.observed is None:
         return
+    if desired.engines or desired.sync_daemons:   # ha: a daemon's death is no kernel digest's
+        return
     kernel = kernel_digest(outcome.observed)
     if kernel is None:
         return

@@ -112,6 +112,7 @@ class KernelCollector:
         took.add_metric((), time.perf_counter() - started)
         yield took
         yield from self._applied()
+        yield from self._ha(config)
         if observed is not None:
             yield from self._kernel(config, fwmarks, health, observed)
 
@@ -127,6 +128,20 @@ class KernelCollector:
                                   "When pask-apply last left the kernel verified equal to the config")
             m.add_metric((), applied_at)
             yield m
+
+    def _ha(self, config: "Config") -> Iterator[Metric]:
+        """pask_ha_state{state}: 1 for the role keepalived last reported on this node."""
+        if config.ha is None or not self.state_file:
+            return
+        from ..ha import ROLES, read_role
+        from ..render.ha import EnginePaths
+
+        role = read_role(EnginePaths.for_state_file(self.state_file))
+        m = GaugeMetricFamily("pask_ha_state", "1 for this node's VRRP role (keepalived's last "
+                              "report), 0 for the others", labels=("state",))
+        for name in ROLES:
+            m.add_metric((name,), 1 if role is not None and role[0] == name else 0)
+        yield m
 
     def _kernel(self, config: "Config", fwmarks: Mapping[str, int],
                 health: Mapping[str, "ServerHealth"], observed: "IpvsObserved") -> Iterator[Metric]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from typing import Iterable
 
-from ..objects import IpvsDest, KernelModule, NftTable
+from ..objects import Engine, EngineObserved, IpvsDest, KernelModule, NftTable
 from ..plan import ADD, DELETE, REPLACE, SET, Op, Plan
 from . import NO_CHANGES
 
@@ -39,11 +40,29 @@ def op_line(op: Op) -> str:
         body = f"{op.label} {_module_params(op.before)} -> {_module_params(op.after)}"
     elif op.kind == "module" and isinstance(op.after, KernelModule):
         body = str(op.after)
+    elif op.kind == "sync":
+        body = str(op.after if op.after is not None else op.before)
+    elif op.kind == "engine":
+        body = _engine_change(op)
+        why = ""
     elif op.kind == "link" and op.action == SET:
         body = f"{op.label} {op.before or 'absent'} -> {op.after}"
     else:
         body = op.label
     return f"{op.symbol} {op.kind}{who} {body}{why}"
+
+
+def _engine_change(op: Op) -> str:
+    if op.action == DELETE:
+        return f"{op.label} (stop)"
+    want: Engine = op.after
+    if op.action == ADD:
+        written = ", ".join(os.path.basename(f.path) for f in want.files)
+        return f"{op.label} (start; writes {written})"
+    have: EngineObserved = op.before
+    changed = [os.path.basename(w.path) for w, h in zip(want.files, have.files) if w != h]
+    how = "restart" if want.reload == "restart" else "reload"
+    return f"{op.label} {', '.join(changed)} changed ({how})"
 
 
 def _module_params(module: KernelModule) -> str:
