@@ -120,6 +120,11 @@ def test_build_command_maps_every_parameter(mod):
         "--state-file", "/s.json", "--health-file", "/h.json", "c.yaml"]
 
 
+def test_build_command_names_the_ha_node(mod):
+    assert mod.build_command("pask-apply", {"config": "c.yaml", "node": "lb2"}, False)[-3:] == [
+        "--node", "lb2", "c.yaml"]
+
+
 def test_exit_0_is_unchanged(mod):
     r = mod.interpret(0, report(), "", want_diff=True)
     assert r["failed"] is False and r["changed"] is False and "diff" not in r
@@ -387,3 +392,16 @@ def test_the_example_site_playbook_plans_in_check_mode(stubbed):
     for rs in ("web1.example.net", "web2.example.net"):
         ran = p.task("Prepare this host as a DSR real server", host=rs)
         assert ran["cmd"][-3:] == ["--vip", "10.99.100.1", "--dry-run"]
+
+
+def test_the_ha_pair_inventory_plans_both_nodes_from_one_config(stubbed):
+    """Both nodes of the example pair: the same `ha:` config passes `pask validate` on each,
+    and each node's pask-apply is told which node it is."""
+    p = stubbed.playbook(ANSIBLE / "playbooks" / "site.yml", "--check",
+                         inventory=str(ANSIBLE / "inventory" / "ha-pair.yml"),
+                         ansible_connection="local", ansible_become=False, pask_healthd_enabled=False)
+    assert p.rc == 0, p.dump()
+    for node in ("lb1", "lb2"):
+        planned = p.task("Apply the config to the kernel", host=f"{node}.example.net")
+        assert planned["cmd"][-3:-1] == ["--node", node]
+        assert "--dry-run" in planned["cmd"]

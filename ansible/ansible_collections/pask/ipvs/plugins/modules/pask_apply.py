@@ -24,6 +24,11 @@ options:
   health_file:
     description: Health file written by pask-healthd. Default is pask-apply's, /var/lib/pask/health.json.
     type: path
+  node:
+    description:
+      - With an C(ha:) section, which of C(ha.nodes) this host is (C(pask-apply --node)).
+      - Omitted, the node finds itself by the address it holds on C(ha.peer_link).
+    type: str
   executable:
     description: The pask-apply program, a path or a name looked up in PATH.
     type: str
@@ -44,6 +49,11 @@ EXAMPLES = r"""
 - name: Apply the load-balancer config
   pask.ipvs.pask_apply:
     config: /etc/pask/config.yaml
+
+- name: Apply one node of an HA pair (both nodes get the same config file)
+  pask.ipvs.pask_apply:
+    config: /etc/pask/config.yaml
+    node: lb1
 
 - name: Apply with a pask-apply from a virtualenv and a custom state file
   pask.ipvs.pask_apply:
@@ -99,6 +109,7 @@ ARGUMENT_SPEC = dict(
     config=dict(type="path", required=True),
     state_file=dict(type="path"),
     health_file=dict(type="path"),
+    node=dict(type="str"),
     executable=dict(type="str", default="pask-apply"),
 )
 
@@ -116,6 +127,8 @@ def build_command(executable, params, check_mode):
         cmd += ["--state-file", params["state_file"]]
     if params.get("health_file"):
         cmd += ["--health-file", params["health_file"]]
+    if params.get("node"):
+        cmd += ["--node", params["node"]]
     cmd.append(params["config"])
     return cmd
 
