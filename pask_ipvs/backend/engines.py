@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from typing import Callable, Iterable
 
@@ -124,13 +125,18 @@ class ProcessEngines:
                     "--", *engine.foreground_argv]
         else:
             argv = list(engine.argv)
-        try:
-            done = self._run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, start_new_session=True, timeout=START_TIMEOUT_S)
-        except (OSError, subprocess.SubprocessError) as e:
-            raise BackendError(f"start {engine.name}: {' '.join(argv)}: {e}") from None
+        # stderr to a file, not a pipe: the daemon it forks keeps the inherited descriptor,
+        # and a pipe would stay open (and run() waiting) for as long as the daemon lives
+        with tempfile.TemporaryFile() as log:
+            try:
+                done = self._run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=log, start_new_session=True, timeout=START_TIMEOUT_S)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise BackendError(f"start {engine.name}: {' '.join(argv)}: {e}") from None
+            log.seek(0)
+            stderr = log.read(4096)
         if done.returncode != 0:
-            err = (done.stderr or b"").decode(errors="replace").strip()
+            err = stderr.decode(errors="replace").strip()
             raise BackendError(f"start {engine.name}: {' '.join(argv)} exited {done.returncode}"
                                + (f": {err}" if err else ""))
         self._wait(engine, running=True, timeout=START_TIMEOUT_S,
