@@ -146,7 +146,7 @@ def expand(config: Config, fwmarks: Mapping[str, int],
                                 128 if svc.family == 6 else 32))
     desired.vips = frozenset(vips)
     desired.schedulers = frozenset(schedulers)
-    desired.nft = render_table(config.services, fwmarks)
+    desired.nft = render_table(config.services, fwmarks, ha=config.ha is not None)
     if config.ha is not None:
         from .ha import sync_daemons
         desired.sync_daemons = sync_daemons(config.ha)

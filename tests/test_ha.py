@@ -364,3 +364,32 @@ def test_the_role_file_is_read_defensively(tmp_path, text, role):
     paths = EnginePaths(str(tmp_path))
     Path(paths.role).write_text(text)
     assert ha_mod.read_role(paths) == role
+
+
+# -- the both-NAT guard ------------------------------------------------------------------------
+
+def _guard(config) -> list[dict]:
+    from pask_ipvs.desired import expand
+    from pask_ipvs.fwmarks import fwmarks_for
+
+    table = expand(config, fwmarks_for(config, {})).nft
+    cmds = table.command_list() if table else []
+    return [c["add"] for c in cmds if "ha_guard" in json.dumps(c) or "ha_snat" in json.dumps(c)]
+
+
+def test_with_ha_tcp_to_the_snat_address_without_conntrack_state_is_dropped_not_reset(load_text):
+    guard = _guard(load_text(HA))
+    chain, snat_set, rule = guard
+    assert chain["chain"]["hook"] == "input" and chain["chain"]["prio"] == 0
+    assert snat_set["set"]["name"] == "ha_snat4" and snat_set["set"]["elem"] == ["10.99.2.1"]
+    exprs = rule["rule"]["expr"]
+    assert {"match": {"op": "!", "left": {"payload": {"protocol": "tcp", "field": "flags"}},
+                      "right": ["syn", "rst"]}} in exprs
+    assert {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}} in exprs
+    assert exprs[-1] == {"drop": None}
+
+
+def test_no_guard_without_ha_or_for_a_snat_ip_that_is_a_vip(load_text):
+    plain = HA[:HA.index("ha:")] + HA[HA.index("services:"):]
+    assert _guard(load_text(plain)) == []
+    assert _guard(load_text(HA.replace("snat_ip: 10.99.2.1", "snat_ip: 10.99.1.100"))) == []

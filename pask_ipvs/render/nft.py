@@ -15,6 +15,13 @@ table holds. Layout (every part only when some service needs it):
   the conntrack helper of a service's application (``ct helper`` objects:
   automatic assignment is off in current kernels) to exactly the traffic the
   service takes: its VIP, protocol and port, or its fwmark.
+* ``ha_guard`` (filter, input, priority filter; only with ``ha:``): drops TCP
+  to a both-NAT ``snat_ip`` that is neither SYN nor RST and has no conntrack
+  entry. Just after a failover the servers' answers to the SNAT address reach
+  the new master before conntrackd has committed their NAT state; without the
+  guard the LB's own stack answers them with a RST and kills the connection,
+  with it the server retransmits until the state is there
+  (docs/kernel-facts.md "An active/standby pair").
 * ``postrouting`` (nat, priority srcnat): first the expected flows of conntrack
   helpers (``ct status expected``, found by the ct mark they inherit from their
   service's first flow: FTP's passive data to ``snat_ip``, TFTP's answers to the
@@ -47,6 +54,8 @@ PRIO_HELPERS = PRIO_MANGLE + 10
 CHAIN_PREROUTING = "prerouting"
 CHAIN_HELPERS = "helpers"
 CHAIN_POSTROUTING = "postrouting"
+CHAIN_HA_GUARD = "ha_guard"
+PRIO_FILTER = 0
 SERVICE_CHAIN_PREFIX = "svc_"
 _NAME_MAX = 48            # of the sanitized service part; nft allows 255, listings stay readable
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -461,15 +470,39 @@ def _render_expected_snat(b: _Builder, services: Sequence[Service], marks: Mappi
                    _COUNTER, _snat(fam, {"map": {"key": key, "data": "@" + name}}))
 
 
+# -- HA: no RST for answers that beat conntrackd's commit -------------------------
+
+def _render_ha_guard(b: _Builder, services: Sequence[Service]) -> None:
+    vips = {canonical_address(s.vip) for s in services}
+    for fam in (V4, V6):
+        addrs = sorted({canonical_address(s.snat_ip) for s in services
+                        if s.nat_mode is NatMode.BOTH_NAT and s.family == fam.version
+                        and canonical_address(s.snat_ip) not in vips})
+        if not addrs:
+            continue
+        if not any(c["add"]["chain"]["name"] == CHAIN_HA_GUARD for c in b.chains):
+            b.chain(CHAIN_HA_GUARD, ("filter", "input", PRIO_FILTER))
+        name = f"ha_snat{fam.version}"
+        b.set(name, fam.addr_type, addrs)
+        b.rule(CHAIN_HA_GUARD, _match(_meta("nfproto"), fam.nfproto),
+               _match(_payload(fam.payload, "daddr"), "@" + name),
+               _match(_meta("l4proto"), "tcp"),
+               {"match": {"op": "!", "left": _payload("tcp", "flags"), "right": ["syn", "rst"]}},
+               {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+               _COUNTER, {"drop": None})
+
+
 # -- entry point ---------------------------------------------------------------
 
-def render_table(services: Sequence[Service], fwmarks: Mapping[str, int]) -> NftTable | None:
+def render_table(services: Sequence[Service], fwmarks: Mapping[str, int],
+                 ha: bool = False) -> NftTable | None:
     """The whole ``inet pask`` table for ``services``, or None when no service
     needs nftables (no filters, no both-NAT / LAN-to-LAN, no conntrack helper).
 
     ``fwmarks`` maps a filtered service's name to its IPVS fwmark (an explicit
     ``Service.fwmark`` is used when the name is missing). The table comment is
     not part of it: the backend stores ``NftTable.digest`` when it loads it.
+    ``ha``: the node is one of a pair (the ``ha_guard`` chain).
     """
     filtered = [s for s in services if s.uses_fwmark]
     snat = [s for s in services if s.nat_mode.needs_snat]
@@ -501,4 +534,6 @@ def render_table(services: Sequence[Service], fwmarks: Mapping[str, int]) -> Nft
         _render_expected_snat(b, helped, marks)
     if snat:
         _render_snat(b, services, marks)
+    if ha and snat:
+        _render_ha_guard(b, snat)
     return NftTable.from_commands(b.commands())
