@@ -49,7 +49,9 @@ def preflight(desired: Desired, backends: Backends) -> list[str]:
         if backends.engines is None:
             problems.append("ha: needs a backend that runs daemons, and this one cannot")
         else:
-            for name, package in sorted(backends.engines.missing(desired.engines).items()):
+            programs = dict.fromkeys([*desired.engines, *(n for e in desired.engines.values()
+                                                          for n in e.needs)])
+            for name, package in sorted(backends.engines.missing(programs).items()):
                 problems.append(f"ha: needs {name}, which is not installed: install the Debian "
                                 f"package {package} (apt-get install {package})")
     return problems

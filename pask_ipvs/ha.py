@@ -96,7 +96,8 @@ def engines(config: Config, node: HaNode, paths: EnginePaths) -> dict[str, Engin
     if ha.sync_connections:
         out["conntrackd"] = conntrackd_engine(ha, node, peer_of(ha, node), paths)
     out["keepalived"] = keepalived_engine(ha, node, peer_of(ha, node), floating(config),
-                                          tracked_interfaces(ha), paths)
+                                          tracked_interfaces(ha), paths,
+                                          list(dict.fromkeys(s.vip for s in config.services)))
     return out
 
 

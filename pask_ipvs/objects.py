@@ -316,6 +316,7 @@ class Engine(NamedTuple):
     foreground_argv: tuple[str, ...]    # runs it in the foreground (a systemd unit's command)
     reload: str = "hup"                 # "hup": SIGHUP re-reads the config; "restart"
     stale: tuple[str, ...] = ()         # files a killed instance leaves that block a start
+    needs: tuple[str, ...] = ()         # other programs its scripts run (checked before a start)
 
     def digest(self) -> str:
         h = hashlib.sha256()

@@ -173,6 +173,10 @@ def test_notify_records_the_role_and_moves_conntrackd_state():
     assert script.startswith("#!/bin/sh\n")
     assert f"MASTER) {ct} -c; {ct} -f; {ct} -R; {ct} -B ;;" in script
     assert f"BACKUP) {ct} -n ;;" in script and f"FAULT) {ct} -t ;;" in script
+    # stale conntrack entries of flows to the VIPs go when the node stops serving them
+    script = notify_script(pair(), node, PATHS, ["10.99.1.100", "fd00::1"])
+    drop = "conntrack -D -d 10.99.1.100 >/dev/null 2>&1; conntrack -D -f ipv6 -d fd00::1 >/dev/null 2>&1; "
+    assert f"BACKUP) {drop}{ct} -n ;;" in script and f"FAULT) {drop}{ct} -t ;;" in script
     assert "> /var/lib/pask/ha/role.tmp && mv -f /var/lib/pask/ha/role.tmp /var/lib/pask/ha/role" in script
     assert "conntrackd" not in notify_script(pair(sync_connections=False), node, PATHS).split("\n", 2)[2]
 
@@ -250,7 +254,7 @@ def test_an_edit_reloads_keepalived_only_and_moves_nothing(tmp_path, capsys):
     more = HA + "  - {name: web2, vip: 10.99.1.101, port: 80, real_servers: [{address: 10.99.2.13}]}\n"
     out = node.apply(more, capsys=capsys)
     assert node.kernel.engines.actions[2:] == [("reload", "keepalived")]
-    assert "~ engine keepalived keepalived.conf changed (reload)" in out
+    assert "~ engine keepalived keepalived.conf, notify.sh changed (reload)" in out
     assert "10.99.1.101/32 dev eth0" in node.kernel.engines.files[node.paths.keepalived_conf].content
     assert node.kernel.ipvs.observe_sync_daemons() == ha_mod.sync_daemons(pair())
 
@@ -299,6 +303,7 @@ def test_a_missing_engine_is_named_with_its_package_and_nothing_changes(tmp_path
     node.kernel.engines.installed = {"keepalived"}
     out = node.apply(HA, expect=1, capsys=capsys)
     assert "ha: needs conntrackd, which is not installed: install the Debian package conntrackd" in out
+    assert "ha: needs conntrack, which is not installed: install the Debian package conntrack" in out
     assert "nothing was changed" in out
     assert kernel_writes(node.kernel) == 0
 

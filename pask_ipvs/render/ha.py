@@ -83,23 +83,30 @@ def keepalived_conf(ha: "Ha", node: "HaNode", peer: "HaNode", addresses: list[Vi
     return "\n".join(lines)
 
 
-def notify_script(ha: "Ha", node: "HaNode", paths: EnginePaths) -> str:
+def notify_script(ha: "Ha", node: "HaNode", paths: EnginePaths, vips: list[str] = ()) -> str:
     """keepalived runs it on each state change (args: INSTANCE name STATE priority). It
     records the role for pask-status and pask-healthd, then moves conntrackd's state the
-    way conntrackd's primary-backup.sh does."""
+    way conntrackd's primary-backup.sh does.
+
+    A node that leaves MASTER keeps the kernel's conntrack entries of the flows it served,
+    and they go stale at once (the peer serves them now). Were it to take over again
+    while they live (they last days), conntrackd's commit could not replace them and the
+    servers' answers, out of their window, would be reset. So on BACKUP and FAULT the
+    entries of flows to the VIPs go: this node serves none of them then."""
     ct = f"conntrackd -C {paths.conntrackd_conf}"
     lines = ["#!/bin/sh", HEADER.format(node=node.name).rstrip("\n"),
              "state=$3",
              f'printf "%s %s\\n" "$state" "$(date +%s)" > {paths.role}.tmp && mv -f {paths.role}.tmp {paths.role}']
     if ha.sync_connections:
+        drop = "".join(f"conntrack -D{' -f ipv6' if family_of(v) == 6 else ''} -d {v} >/dev/null 2>&1; "
+                       for v in vips)
         lines += ['case "$state" in',
                   # the peer's connections, kept in the external cache, go into the kernel;
                   # then this node's own view is rebuilt and sent to the peer
                   f"    MASTER) {ct} -c; {ct} -f; {ct} -R; {ct} -B ;;",
-                  # ask the (new) master for its whole table
-                  f"    BACKUP) {ct} -n ;;",
-                  # connections this node can no longer serve expire soon
-                  f"    FAULT) {ct} -t ;;",
+                  # drop what went stale, then ask the (new) master for its whole table
+                  f"    BACKUP) {drop}{ct} -n ;;",
+                  f"    FAULT) {drop}{ct} -t ;;",
                   "esac"]
     lines += ["exit 0", ""]
     return "\n".join(lines)
@@ -151,14 +158,15 @@ def conntrackd_conf(ha: "Ha", node: "HaNode", peer: "HaNode", paths: EnginePaths
 
 
 def keepalived_engine(ha: "Ha", node: "HaNode", peer: "HaNode", addresses: list[VipAddress],
-                      tracked: list[str], paths: EnginePaths) -> Engine:
+                      tracked: list[str], paths: EnginePaths, vips: list[str] = ()) -> Engine:
     conf = keepalived_conf(ha, node, peer, addresses, tracked, paths)
     run = ("keepalived", "--vrrp", "--use-file", paths.keepalived_conf,
            "--pid", paths.keepalived_pid, "--vrrp_pid", paths.vrrp_pid)
     return Engine("keepalived",
                   (EngineFile(paths.keepalived_conf, conf),
-                   EngineFile(paths.notify, notify_script(ha, node, paths), 0o755)),
-                  argv=run, foreground_argv=(*run, "--dont-fork"), reload="hup")
+                   EngineFile(paths.notify, notify_script(ha, node, paths, vips), 0o755)),
+                  argv=run, foreground_argv=(*run, "--dont-fork"), reload="hup",
+                  needs=("conntrackd", "conntrack") if ha.sync_connections else ())
 
 
 def conntrackd_engine(ha: "Ha", node: "HaNode", peer: "HaNode", paths: EnginePaths) -> Engine:
