@@ -170,7 +170,8 @@ def test_a_stream_survives_the_active_nodes_death_three_ways(lab, mode):
 
 
 def _guard_drops(lab: HaLab, ns: str) -> str:
-    out = lab.nft(ns, "list", "chain", "inet", "pask", "ha_guard").stdout
+    """The ha_guard rule's counter (both-nat only), for the failure message."""
+    out = run(["nft", "list", "chain", "inet", "pask", "ha_guard"], ns=ns, check=False).stdout
     return " ".join(w for w in out.split() if w.isdigit())[:40] or "-"
 
 

@@ -53,18 +53,22 @@ def peer_of(ha: Ha, node: HaNode) -> HaNode:
     return next(n for n in ha.nodes if n.name != node.name)
 
 
-def floating(config: Config) -> list[VipAddress]:
-    """Every address keepalived moves: the floating addresses with their prefixes, then each
-    VIP (as a host address) on the interface of the floating address whose network holds it
-    (validation refused a VIP in none)."""
+def floating(ha: Ha) -> list[VipAddress]:
+    """The floating addresses, with their prefixes, on their interfaces."""
+    return [VipAddress(f.interface, f.address, f.prefixlen) for f in ha.floating_addresses]
+
+
+def vip_addresses(config: Config) -> list[VipAddress]:
+    """Each VIP, as a host address, on the interface of the floating address whose network
+    holds it, so the new master's gratuitous ARP moves it (validation refused a VIP in
+    none). A VIP that is itself a floating address floats as that."""
     ha = config.ha
     assert ha is not None
-    out = [VipAddress(f.interface, f.address, f.prefixlen) for f in ha.floating_addresses]
     taken = {f.address for f in ha.floating_addresses}
+    out = []
     for vip in dict.fromkeys(s.vip for s in config.services):
         if vip in taken:
             continue
-        taken.add(vip)
         addr = ipaddress.ip_address(vip)
         home = next(f for f in ha.floating_addresses if addr in f.network)
         out.append(VipAddress(home.interface, vip, addr.max_prefixlen))
@@ -95,9 +99,8 @@ def engines(config: Config, node: HaNode, paths: EnginePaths) -> dict[str, Engin
     out: dict[str, Engine] = {}
     if ha.sync_connections:
         out["conntrackd"] = conntrackd_engine(ha, node, peer_of(ha, node), paths)
-    out["keepalived"] = keepalived_engine(ha, node, peer_of(ha, node), floating(config),
-                                          tracked_interfaces(ha), paths,
-                                          list(dict.fromkeys(s.vip for s in config.services)))
+    out["keepalived"] = keepalived_engine(ha, node, peer_of(ha, node), floating(ha),
+                                          vip_addresses(config), tracked_interfaces(ha), paths)
     return out
 
 

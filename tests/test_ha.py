@@ -124,8 +124,9 @@ def test_every_vip_floats_on_the_interface_of_its_network(load_text):
         "    - {address: 10.99.2.1/24, interface: eth1}\n    - {address: 'fd00:99:1::1/64', interface: eth0}\n")
     text += "  - {name: web2, vip: 10.99.1.100, port: 81, real_servers: [{address: 10.99.2.11}]}\n"
     config = load_text(text)
-    assert [str(a) for a in ha_mod.floating(config)] == [
-        "10.99.1.1/24 dev eth0", "10.99.2.1/24 dev eth1", "fd00:99:1::1/64 dev eth0",
+    assert [str(a) for a in ha_mod.floating(config.ha)] == [
+        "10.99.1.1/24 dev eth0", "10.99.2.1/24 dev eth1", "fd00:99:1::1/64 dev eth0"]
+    assert [str(a) for a in ha_mod.vip_addresses(config)] == [
         "fd00:99:1::100/128 dev eth0", "10.99.1.100/32 dev eth0"]
 
 
@@ -148,20 +149,23 @@ PATHS = EnginePaths("/var/lib/pask/ha")
 
 def test_keepalived_moves_addresses_only_and_never_preempts_by_default():
     node, peer = pair().nodes
-    addrs = [VipAddress("eth0", "10.99.1.1", 24), VipAddress("eth0", "10.99.1.100", 32),
-             VipAddress("eth0", "fd00:99:1::100", 128)]
-    conf = keepalived_conf(pair(), node, peer, addrs, ["eth0", "eth1"], PATHS)
+    floating = [VipAddress("eth0", "10.99.1.1", 24), VipAddress("eth0", "fd00:99:1::1", 64)]
+    vips = [VipAddress("eth0", "10.99.1.100", 32), VipAddress("eth0", "fd00:99:1::100", 128)]
+    conf = keepalived_conf(pair(), node, peer, floating, ["eth0", "eth1"], PATHS, vips)
     body = textwrap.dedent(conf[conf.index("vrrp_instance"):])
     assert "virtual_server" not in conf and "lvs_sync_daemon" not in conf
     for line in ["state BACKUP", "interface eth2", "virtual_router_id 51", "priority 200",
                  "advert_int 1", "nopreempt", "unicast_src_ip 10.99.3.1",
                  "unicast_peer {\n        10.99.3.2\n    }",
                  "track_interface {\n        eth0\n        eth1\n    }",
-                 "virtual_ipaddress {\n        10.99.1.1/24 dev eth0\n        10.99.1.100/32 dev eth0\n    }",
-                 "virtual_ipaddress_excluded {\n        fd00:99:1::100/128 dev eth0\n    }",
+                 # the adverts carry the floating addresses only: a VIP added on one node
+                 # first must not make the nodes drop each other's adverts
+                 "virtual_ipaddress {\n        10.99.1.1/24 dev eth0\n    }",
+                 "virtual_ipaddress_excluded {\n        fd00:99:1::1/64 dev eth0\n"
+                 "        10.99.1.100/32 dev eth0\n        fd00:99:1::100/128 dev eth0\n    }",
                  "notify /var/lib/pask/ha/notify.sh"]:
         assert line in body, line
-    preempting = keepalived_conf(pair(preempt=True, preempt_delay=7), node, peer, addrs, [], PATHS)
+    preempting = keepalived_conf(pair(preempt=True, preempt_delay=7), node, peer, floating, [], PATHS)
     assert "preempt_delay 7" in preempting and "nopreempt" not in preempting
     assert "track_interface" not in preempting
 
@@ -225,7 +229,7 @@ def test_apply_starts_conntrackd_then_keepalived_and_both_sync_threads(tmp_path,
     # keepalived holds every address; pask puts no VIP on pask0
     assert not any(a.interface == "pask0" for a in node.kernel.addr.addrs)
     conf = engines.files[node.paths.keepalived_conf].content
-    assert "10.99.1.100/32 dev eth0" in conf and "priority 200" in conf
+    assert "10.99.1.100/32 dev eth0" in conf.split("virtual_ipaddress_excluded")[1] and "priority 200" in conf
     assert engines.files[node.paths.notify].mode == 0o755
     state = json.loads(node.state.read_text())
     assert sorted(state["engines"]) == ["conntrackd", "keepalived"]

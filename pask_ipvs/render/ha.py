@@ -43,9 +43,14 @@ class EnginePaths:
 
 
 def keepalived_conf(ha: "Ha", node: "HaNode", peer: "HaNode", addresses: list[VipAddress],
-                    tracked: list[str], paths: EnginePaths) -> str:
+                    tracked: list[str], paths: EnginePaths, vips: list[VipAddress] = ()) -> str:
+    """``addresses``: the floating addresses, in the VRRP adverts; ``vips``: excluded from
+    them. A VRRPv2 advert lists its addresses and keepalived drops an advert whose list
+    differs from its own: were the VIPs in it, applying a config with one more VIP on
+    one node and then the other would leave each ignoring the other, both MASTER (seen
+    in the VM). The floating addresses are the pair's identity and rarely change."""
     v4 = [a for a in addresses if family_of(a.addr) == family_of(node.address)]
-    other = [a for a in addresses if a not in v4]
+    other = [a for a in addresses if a not in v4] + list(vips)
     lines = [HEADER.format(node=node.name).rstrip("\n"),
              "global_defs {",
              f"    router_id {node.name}",
@@ -75,7 +80,7 @@ def keepalived_conf(ha: "Ha", node: "HaNode", peer: "HaNode", addresses: list[Vi
     lines += ["    virtual_ipaddress {",
               *(f"        {a.addr}/{a.prefixlen} dev {a.interface}" for a in v4),
               "    }"]
-    if other:   # the other family cannot be in the adverts; keepalived moves it all the same
+    if other:   # not in the adverts (the VIPs, the other family); keepalived moves them all the same
         lines += ["    virtual_ipaddress_excluded {",
                   *(f"        {a.addr}/{a.prefixlen} dev {a.interface}" for a in other),
                   "    }"]
@@ -158,13 +163,13 @@ def conntrackd_conf(ha: "Ha", node: "HaNode", peer: "HaNode", paths: EnginePaths
 
 
 def keepalived_engine(ha: "Ha", node: "HaNode", peer: "HaNode", addresses: list[VipAddress],
-                      tracked: list[str], paths: EnginePaths, vips: list[str] = ()) -> Engine:
-    conf = keepalived_conf(ha, node, peer, addresses, tracked, paths)
+                      vips: list[VipAddress], tracked: list[str], paths: EnginePaths) -> Engine:
+    conf = keepalived_conf(ha, node, peer, addresses, tracked, paths, vips)
     run = ("keepalived", "--vrrp", "--use-file", paths.keepalived_conf,
            "--pid", paths.keepalived_pid, "--vrrp_pid", paths.vrrp_pid)
     return Engine("keepalived",
                   (EngineFile(paths.keepalived_conf, conf),
-                   EngineFile(paths.notify, notify_script(ha, node, paths, vips), 0o755)),
+                   EngineFile(paths.notify, notify_script(ha, node, paths, [v.addr for v in vips]), 0o755)),
                   argv=run, foreground_argv=(*run, "--dont-fork"), reload="hup",
                   needs=("conntrackd", "conntrack") if ha.sync_connections else ())
 
