@@ -126,11 +126,14 @@ def main(argv: list[str] | None = None, *, backends: "Callable[[], Backends] | N
         backends = real_backends
     nofile = _raise_nofile()
     inflight = max(16, min(MAX_INFLIGHT, (nofile - 64) // 2))
-    daemon = HealthDaemon(config, backends(), fwmarks=fwmarks,
+    kernel = backends()
+    from ..health.announce import BgpAnnouncer     # bgp: withdraws a VIP without usable servers
+    daemon = HealthDaemon(config, kernel, fwmarks=fwmarks,
                           health_file=args.health_file,
                           previous=load_previous_health(args.health_file, log),
                           log=log, max_inflight=inflight,
-                          loader=lambda: load_inputs(args.config, args.state_file, cache))
+                          loader=lambda: load_inputs(args.config, args.state_file, cache),
+                          announcer=BgpAnnouncer(kernel.engines, args.state_file, log))
     try:
         daemon.observe()
     except Exception as e:
