@@ -265,7 +265,27 @@ def test_a_server_added_everywhere_gets_every_lb_to_pick_the_same_server(net):
     two = [service("l3", VIP_L3, "l3-dsr", ("bgp-rs2", "bgp-rs3"), health=HEALTH),
            service("l2", VIP_L2, "l2-dsr", ("bgp-rs2", "bgp-rs3"), scheduler="mh", health=HEALTH)]
     lab.apply_all(two)
-    lab.apply_all(services(), lbs=LBS[:2])       # rs1 (10.99.5.11) sorts below: a reorder
+    # connections through the first LB while it re-adds rs2 and rs3 after rs1 (which sorts
+    # below them): each re-added server comes back from IPVS's trash with its connections
+    lab.pin_route(VIP_L3, LBS[0])
+    streams = [Stream(CLIENT_IPS[i % 4], VIP_L3) for i in range(6)]
+    try:
+        for s in streams:
+            s.thread.start()
+        wait_for(lambda: all(s.answers for s in streams), what="every stream to answer")
+        cp = lab.apply(LBS[0], lb_config(LBS[0], services()))
+        assert "(mh order)" in cp.stdout, cp.stdout
+        t_reordered = time.monotonic()
+        wait_for(lambda: all(s.answered_after(t_reordered) >= 2 or s.errors for s in streams),
+                 what="every stream to answer after the reorder")
+    finally:
+        for s in streams:
+            s.stop.set()
+            s.conn.close()
+        lab.pin_route(VIP_L3, None)
+    assert not [s.errors for s in streams if s.errors]
+    assert all(n == s.server for s in streams for _, n in s.answers)
+    lab.apply_all(services(), lbs=LBS[1:2])      # rs1 (10.99.5.11) sorts below: a reorder
     lab.reset_lb(LBS[2])                          # the third LB is built afresh
     lab.apply_all(services(), lbs=LBS[2:])
     lab.wait_next_hops(VIP_L3, LBS, timeout=120)
