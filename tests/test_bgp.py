@@ -501,3 +501,31 @@ def test_healthd_leaves_a_stopped_bird_to_pask_apply(tmp_path):
     assert kernel.engines.actions == [] and kernel.engines.files == {}
     assert "bgp_not_running" in log.stream.getvalue()
     assert BgpAnnouncer(kernel.engines, "s", log).update(make_config(mh()), {}) is False   # no bgp
+
+
+def test_healthd_puts_back_an_announcement_that_a_racing_apply_overwrote(tmp_path):
+    """pask-apply read the health file just before a transition and wrote the older set
+    after pask-healthd wrote the newer one: the periodic check restores it."""
+    config = with_bgp(mh())
+    kernel = fake_backends()
+    state = str(tmp_path / "state.json")
+    paths = BgpPaths.for_state_file(state)
+    old = bgp_mod.engines(config, state)["bird"]
+    kernel.engines.start(old)
+    log = EventLog(stream=io.StringIO())
+    announcer = BgpAnnouncer(kernel.engines, state, log)
+    down = {health_key("web", a, 80): False for a in ("10.99.5.11", "10.99.5.12")}
+    assert announcer.update(config, down) is True
+    kernel.engines.reload(old)                        # the racing pask-apply
+    assert "blackhole" in kernel.engines.files[paths.announce].content
+    assert announcer.update(config, down) is False    # nothing read: the same set as written
+    assert announcer.update(config, down, force=True) is True
+    assert "blackhole" not in kernel.engines.files[paths.announce].content
+
+
+def test_a_stopped_bird_is_reported_once(tmp_path):
+    log = EventLog(stream=io.StringIO())
+    announcer = BgpAnnouncer(fake_backends().engines, str(tmp_path / "s.json"), log)
+    for _ in range(3):
+        announcer.update(with_bgp(mh()), {}, force=True)
+    assert log.stream.getvalue().count("bgp_not_running") == 1

@@ -12,12 +12,17 @@ its bird.conf are pask-apply's.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Mapping
 
 from ..bgp import engine
 from ..model import Config
 from ..render.bgp import BgpPaths
 from .events import EventLog
+
+
+RECHECK_S = 5.0     # how often the file on disk is checked again (a pask-apply run that read
+                    # the health file just before a transition may have written the older set)
 
 
 class BgpAnnouncer:
@@ -28,26 +33,31 @@ class BgpAnnouncer:
         self.written: str | None = None        # announce.conf as last written or found
         self.vips: tuple[str, ...] | None = None
         self.reloads = 0
+        self.stopped_logged = False
 
-    def update(self, config: Config, up: Mapping[str, bool]) -> bool:
-        """Bring announce.conf and BIRD in line with ``up``; True when BIRD was told."""
+    def update(self, config: Config, up: Mapping[str, bool], *, force: bool = False) -> bool:
+        """Bring announce.conf and BIRD in line with ``up``; True when BIRD was told.
+        Without ``force``, nothing is read when the set is what this daemon last wrote."""
         if config.bgp is None or self.engines is None:
             return False
         from ..bgp import announced_vips
 
         bird = engine(config, self.paths, up)
         announce = next(f for f in bird.files if f.path == self.paths.announce)
-        if announce.content == self.written:
+        if announce.content == self.written and not force:
             return False
         vips = announced_vips(config, up)
         try:
             seen = self.engines.observe([bird])[bird.name]
             if not seen.running:
-                self.log("bgp_not_running", level="warning", file=announce.path,
-                         message="BIRD is not running: pask-apply starts it with the VIPs "
-                                 "the health file allows")
+                if not self.stopped_logged:
+                    self.log("bgp_not_running", level="warning", file=announce.path,
+                             message="BIRD is not running: pask-apply starts it with the VIPs "
+                                     "the health file allows")
+                self.stopped_logged = True
                 self.written = None
                 return False
+            self.stopped_logged = False
             on_disk = next(f for f in seen.files if f.path == announce.path)
             if on_disk == announce:
                 self.written, self.vips = announce.content, vips
@@ -64,3 +74,10 @@ class BgpAnnouncer:
         self.written, self.vips = announce.content, vips
         self.reloads += 1
         return True
+
+    async def watch(self, daemon) -> None:
+        """Check the file on disk every RECHECK_S against the daemon's view (run beside
+        HealthDaemon.serve, in its event loop)."""
+        while True:
+            await asyncio.sleep(RECHECK_S)
+            self.update(daemon.config, daemon.machine.up_map(), force=True)
