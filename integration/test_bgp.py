@@ -200,6 +200,13 @@ class Stream:
             self.answers.append((time.monotonic(), name))
             self.stop.wait(0.2)           # pacing, so 20 streams leave the VM some CPU
 
+    def finish(self) -> None:
+        """Stop asking (the request in flight ends first), then close."""
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=60)
+        self.conn.close()
+
     def answered_after(self, t: float) -> int:
         return sum(1 for when, _ in self.answers if when > t)
 
@@ -226,6 +233,8 @@ def test_an_lb_dies_and_every_connection_keeps_its_real_server(net, vip, mode):
                  timeout=180, what="every stream to answer 3 times after the router moved them")
         for s in streams:
             s.stop.set()
+        for s in streams:
+            s.thread.join(timeout=60)
         after = placed(lab, vip, {s.flow for s in streams})
         moved = [s for s in streams if where[s.flow] != victim and after.get(s.flow, victim) != where[s.flow]]
         survived = [s for s in streams if not s.errors and all(n == s.server for _, n in s.answers)]
@@ -246,7 +255,8 @@ def test_an_lb_dies_and_every_connection_keeps_its_real_server(net, vip, mode):
     finally:
         for s in streams:
             s.stop.set()
-            s.conn.close()
+        for s in streams:
+            s.finish()
         if victim is not None:
             lab.revive_links(victim)
     lab.wait_next_hops(vip, LBS, timeout=120)
@@ -281,7 +291,8 @@ def test_a_server_added_everywhere_gets_every_lb_to_pick_the_same_server(net):
     finally:
         for s in streams:
             s.stop.set()
-            s.conn.close()
+        for s in streams:
+            s.finish()
         lab.pin_route(VIP_L3, None)
     assert not [s.errors for s in streams if s.errors]
     assert all(n == s.server for s in streams for _, n in s.answers)
