@@ -21,7 +21,7 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
 PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd kmod file
           ipvsadm nftables libnftables1 iproute2 curl procps python3-venv python3-dev
-          keepalived systemd bird2
+          keepalived conntrackd systemd bird2
           vsftpd tftpd-hpa tftp-hpa conntrack)   # application tests: real FTP/TFTP servers and clients
 
 # ---- 1. Debian packages ------------------------------------------------------
