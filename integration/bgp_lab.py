@@ -45,7 +45,7 @@ from typing import Any, Iterable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lab import (HERE, ROOT, in_netns, ip_batch, pask_apply_argv, run, sysctls,  # noqa: E402
-                 wait_for)
+                 wait_for, write_config_file)
 
 ROUTER, CLIENT = "bgp-r", "bgp-c"
 LBS = ("bgp-lb1", "bgp-lb2", "bgp-lb3")
@@ -236,9 +236,7 @@ class BgpLab:
     # -- the load balancers -------------------------------------------------------------
     def write_config(self, lb: str, cfg: dict | str) -> Path:
         self._configs += 1
-        path = self.lb_dir(lb) / f"config-{self._configs}.yaml"
-        path.write_text(cfg if isinstance(cfg, str) else yaml_text(cfg))
-        return path
+        return write_config_file(self.lb_dir(lb) / f"config-{self._configs}.yaml", cfg)
 
     def apply(self, lb: str, cfg: dict | str, *flags: str,
               expect: int | None = 0) -> subprocess.CompletedProcess:

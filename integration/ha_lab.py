@@ -51,7 +51,7 @@ from typing import Any, Iterable, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lab import (APPLY_TIMEOUT, HERE, ROOT, WAIT_TIMEOUT, in_netns, ip_batch,  # noqa: E402
-                 ns_socket, pask_apply_argv, run, sysctl, sysctls, wait_for)
+                 ns_socket, pask_apply_argv, run, sysctl, sysctls, wait_for, write_config_file)
 from stream import STREAM_PORT, StreamProcess  # noqa: E402
 
 
@@ -495,14 +495,7 @@ class HaLab:
     def write_config(self, cfg: dict[str, Any] | str) -> Path:
         """One config file serves both nodes (the same file on both)."""
         self._configs += 1
-        path = self.dir / f"config-{self._configs}.yaml"
-        if isinstance(cfg, str):
-            text = cfg
-        else:
-            import yaml   # from the venv; only needed here
-            text = yaml.safe_dump(cfg, sort_keys=False)
-        path.write_text(text)
-        return path
+        return write_config_file(self.dir / f"config-{self._configs}.yaml", cfg)
 
     def pask_apply_argv(self, node: str, cfg_path: str | os.PathLike, *flags: str) -> list[str]:
         ns = self.node_ns(node)

@@ -402,6 +402,17 @@ def config(*services: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"version": 1, "vip_interface": VIP_INTERFACE, **extra, "services": list(services)}
 
 
+def write_config_file(path: Path, cfg: dict[str, Any] | str) -> Path:
+    """A config (a dict, or YAML text as it is) written to ``path``."""
+    if isinstance(cfg, str):
+        text = cfg
+    else:
+        import yaml   # from the venv; only needed here
+        text = yaml.safe_dump(cfg, sort_keys=False)
+    path.write_text(text)
+    return path
+
+
 def pask_argv() -> list[str]:
     """The venv's ``pask`` console script; else the same entry point through this interpreter."""
     script = ROOT / ".venv" / "bin" / "pask"
@@ -642,14 +653,7 @@ class Lab:
     # -- pask --------------------------------------------------------------------------
     def write_config(self, cfg: dict[str, Any] | str) -> Path:
         self._configs += 1
-        path = self.dir / f"config-{self._configs}.yaml"
-        if isinstance(cfg, str):
-            text = cfg
-        else:
-            import yaml   # from the venv; only needed here
-            text = yaml.safe_dump(cfg, sort_keys=False)
-        path.write_text(text)
-        return path
+        return write_config_file(self.dir / f"config-{self._configs}.yaml", cfg)
 
     def apply(self, cfg: dict[str, Any] | str, *flags: str, expect: int | None = None,
               timeout: float = APPLY_TIMEOUT) -> subprocess.CompletedProcess:
