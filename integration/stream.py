@@ -525,6 +525,10 @@ class StreamProcess:
                                f"{self.log_path.read_text(errors='replace')[-2000:]}")
         return json.loads(self.report_path.read_text())
 
+    def locals(self) -> list[str]:
+        """``addr:port`` of each stream connection (from the ready file)."""
+        return json.loads(self.ready_path.read_text())["locals"]
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
