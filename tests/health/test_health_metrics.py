@@ -333,3 +333,26 @@ def test_a_failing_snapshot_keeps_the_last_good_one():
     assert [str(e) for e in errors] == ["collector bug"]
     empty = Snapshots(registry, budget=5.0, on_error=errors.append)
     assert empty.get() is None                      # nothing ever made: the server answers 500
+
+
+def test_ha_state_is_the_role_keepalived_last_reported(tmp_path):
+    from pask_ipvs.model import Ha, HaNode
+    from pask_ipvs.render.ha import EnginePaths
+
+    state = tmp_path / "state.json"
+    pair = Ha(virtual_router_id=51, peer_link="eth2",
+              nodes=(HaNode("lb1", "10.99.3.1", 200), HaNode("lb2", "10.99.3.2", 100)))
+    d, b, probe, registry = daemon_for(dataclasses.replace(config(web(A)), ha=pair), state_file=str(state))
+    samples = scrape(registry)
+    assert [value(samples, "pask_ha_state", state=s) for s in ("MASTER", "BACKUP", "FAULT")] == [0, 0, 0]
+    paths = EnginePaths.for_state_file(str(state))
+    (tmp_path / "ha").mkdir()
+    (tmp_path / "ha" / "role").write_text("BACKUP 1767225600\n")
+    assert paths.role == str(tmp_path / "ha" / "role")
+    samples = scrape(registry)
+    assert [value(samples, "pask_ha_state", state=s) for s in ("MASTER", "BACKUP", "FAULT")] == [0, 1, 0]
+
+
+def test_no_ha_state_without_ha(tmp_path):
+    d, b, probe, registry = daemon_for(config(web(A)), state_file=str(tmp_path / "state.json"))
+    assert "pask_ha_state" not in scrape(registry)
