@@ -45,7 +45,7 @@ from typing import Any, Iterable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lab import (HERE, ROOT, in_netns, ip_batch, pask_apply_argv, run, sysctls,  # noqa: E402
-                 wait_for, write_config_file)
+                 stop_process, wait_for, write_config_file)
 
 ROUTER, CLIENT = "bgp-r", "bgp-c"
 LBS = ("bgp-lb1", "bgp-lb2", "bgp-lb3")
@@ -224,14 +224,7 @@ class BgpLab:
                                                  stderr=out, start_new_session=True)
 
     def stop_server(self, name: str) -> None:
-        proc = self._procs.pop(name, None)
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(self._procs.pop(name, None))
 
     # -- the load balancers -------------------------------------------------------------
     def write_config(self, lb: str, cfg: dict | str) -> Path:

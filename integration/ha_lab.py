@@ -51,7 +51,8 @@ from typing import Any, Iterable, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lab import (APPLY_TIMEOUT, HERE, ROOT, WAIT_TIMEOUT, in_netns, ip_batch,  # noqa: E402
-                 ns_socket, pask_apply_argv, run, sysctl, sysctls, wait_for, write_config_file)
+                 ns_socket, pask_apply_argv, run, stop_process, sysctl, sysctls, wait_for,
+                 write_config_file)
 from stream import STREAM_PORT, StreamProcess  # noqa: E402
 
 
@@ -369,15 +370,7 @@ class HaLab:
                                                 start_new_session=True)
 
     def _stop_proc(self, key: str) -> None:
-        proc = self._procs.pop(key, None)
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(self._procs.pop(key, None))
 
     # -- links and addresses --
     def link_down(self, node: str, ifname: str) -> None:

@@ -402,6 +402,18 @@ def config(*services: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"version": 1, "vip_interface": VIP_INTERFACE, **extra, "services": list(services)}
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not gone within ``timeout`` s (None: nothing to stop)."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def write_config_file(path: Path, cfg: dict[str, Any] | str) -> Path:
     """A config (a dict, or YAML text as it is) written to ``path``."""
     if isinstance(cfg, str):
@@ -528,15 +540,7 @@ class Lab:
             wait_for(lambda: self.pidfile(name).exists(), what=f"echo server {name} to listen")
 
     def stop_server(self, name: str) -> None:
-        proc = self._procs.pop(name, None)
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(self._procs.pop(name, None))
 
     def requests_seen(self, name: str) -> list[str]:
         """Lines ``proto peer path status`` that server ``name`` logged."""
