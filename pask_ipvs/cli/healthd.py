@@ -126,15 +126,11 @@ def main(argv: list[str] | None = None, *, backends: "Callable[[], Backends] | N
         backends = real_backends
     nofile = _raise_nofile()
     inflight = max(16, min(MAX_INFLIGHT, (nofile - 64) // 2))
-    kernel = backends()
-    from ..health.announce import BgpAnnouncer     # bgp: withdraws a VIP without usable servers
-    announcer = BgpAnnouncer(kernel.engines, args.state_file, log)
-    daemon = HealthDaemon(config, kernel, fwmarks=fwmarks,
+    daemon = HealthDaemon(config, backends(), fwmarks=fwmarks,
                           health_file=args.health_file,
                           previous=load_previous_health(args.health_file, log),
                           log=log, max_inflight=inflight,
-                          loader=lambda: load_inputs(args.config, args.state_file, cache),
-                          announcer=announcer)
+                          loader=lambda: load_inputs(args.config, args.state_file, cache))
     try:
         daemon.observe()
     except Exception as e:
@@ -159,11 +155,7 @@ def main(argv: list[str] | None = None, *, backends: "Callable[[], Backends] | N
         loop.add_signal_handler(signal.SIGTERM, daemon.stop)
         loop.add_signal_handler(signal.SIGINT, daemon.stop)
         loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
-        watch = asyncio.create_task(announcer.watch(daemon))
-        try:
-            await daemon.serve()
-        finally:
-            watch.cancel()
+        await daemon.serve()
 
     asyncio.run(run())
     log("stop", message="kernel left as it is")
