@@ -151,6 +151,58 @@ def test_observe_services_reads_what_observe_reads_for_those_keys(ipvs):
     assert ipvs.observe() == whole
 
 
+def test_expected_digests_are_the_kernels_own(ipvs):
+    """Verify by digest (observe.observe_ipvs_by_digests) stands on this: every desired
+    service encoded by the layout learned from this kernel's dest replies digests exactly
+    as the kernel's own replies do, and a changed dest changes only its service's digest.
+    M8 holds an IPv6 dest of an IPv6 fwmark service; T a tunnel dest (its tunnel settings
+    at the kernel's defaults); U and Z no dest or one; thresholds on T and M8."""
+    services = {v.key: v for v in MIX if isinstance(v, IpvsService)}
+    dests = [v for v in MIX if isinstance(v, IpvsDest)]
+    assert ipvs.apply([add(v) for v in MIX]) == []
+    have = ipvs.service_digests()
+    want = ipvs.expected_digests(services, dests)
+    assert want is not None and have is not None
+    assert want == have
+    assert ipvs.observe().service_digests == have
+    t_dest = next(d for d in dests if d.service == T and d.fwd == "tunnel")
+    assert ipvs.apply([setop(t_dest, t_dest._replace(weight=9))]) == []
+    after = ipvs.service_digests()
+    assert after[T] != want[T] and {k: v for k, v in after.items() if k != T} == \
+        {k: v for k, v in want.items() if k != T}
+    assert ipvs.expected_digests(services, [t_dest._replace(weight=9) if d == t_dest else d
+                                            for d in dests]) == after
+
+
+def test_a_cold_apply_is_verified_by_digests_without_decoding(netns, tmp_path):
+    """The whole pipeline on the kernel: a cold apply of 64 services leaves nothing to
+    decode in verify (every digest matched), and verify still finds a dest lost meanwhile."""
+    from builders import config, many
+    from pask_ipvs.backend.fake import fake_backends
+    from pask_ipvs.desired import expand
+    from pask_ipvs.fwmarks import fwmarks_for
+    from pask_ipvs.observe import observe
+    from pask_ipvs.pipeline import reconcile
+    from pask_ipvs.state import PaskState
+
+    backend = IpvsNetlink()
+    try:
+        b = fake_backends()
+        b.ipvs = backend
+        read = []
+        real_observe_services = backend.observe_services
+        backend.observe_services = lambda keys, stats=False: read.append(list(keys)) or \
+            real_observe_services(keys, stats)
+        cfg = config(*many(64, 4).services, vip_interface=None)
+        marks = fwmarks_for(cfg, {})
+        desired = expand(cfg, marks)
+        out = reconcile(desired, observe(desired, b), PaskState(), marks, b)
+        assert out.result.ok and out.verified and read == []
+        assert out.observed.ipvs == backend.observe()
+    finally:
+        backend.close()
+
+
 def _read_with_pyroute2():
     """Services and dests read through pyroute2 (an independent decoder); fwd read from
     the raw attribute (docs/kernel-facts.md "pyroute2 trap: fwd_method")."""

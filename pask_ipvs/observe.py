@@ -66,16 +66,62 @@ def observe_after(desired: Desired, backends: Backends, before: Observed, ops: I
     IPVS: ``before`` with the services the ops touched (and ``also``) read again
     through ``observe_services``; a service gone from the kernel drops out with its
     dests. When those are more than ``max_fraction`` of the services in ``before``
-    (a cold apply), one whole-table read is cheaper and is done instead. Everything
+    (a cold apply), the whole table is read instead: by digests where the backend
+    can (observe_ipvs_by_digests), else decoded whole. Everything
     else is read whole, as ``observe`` does. Same result as ``observe`` as long as
     nobody else changed the untouched services meanwhile (their counters are
     ``before``'s; ``also`` names the services whose counters matter, e.g. draining)."""
     keys = touched_services(ops) | set(also)
     if len(keys) > max_fraction * len(before.ipvs.services):
-        ipvs = backends.ipvs.observe(stats=stats)
+        ipvs = observe_ipvs_by_digests(desired, backends, stats=stats, also=also)
+        if ipvs is None:
+            ipvs = backends.ipvs.observe(stats=stats)
     elif keys:
         fresh = backends.ipvs.observe_services(sorted(keys), stats=stats)
         ipvs = before.ipvs.replaced(fresh, keys)
     else:                       # only nft, addresses or sysctls changed: IPVS is as it was
         ipvs = before.ipvs.replaced(IpvsObserved(), keys)
     return _observe_rest(desired, backends, ipvs)
+
+
+def observe_ipvs_by_digests(desired: Desired, backends: Backends, *, stats: bool = False,
+                            also: Iterable[ServiceKey] = ()) -> IpvsObserved | None:
+    """The whole IPVS table as ``backends.ipvs.observe`` reads it, at the cost of digests:
+    the kernel's digest of each service (service_digests: no dest decoded) is compared with
+    the digest of the desired service and dests (expected_digests: encoded as the kernel
+    reports them). A service whose digests are equal holds exactly what ``desired`` says,
+    so its objects are ``desired``'s own; every other service of the kernel (changed,
+    foreign, not pask's any more) and those ``also`` names are read and decoded
+    (observe_services). The services and dests equal observe()'s; the counters are read
+    for the decoded services only (a diff needs those of dests it may delete, and drain).
+    None when the backend cannot make either digest: the caller reads whole."""
+    ipvs = backends.ipvs
+    have = ipvs.service_digests()
+    if have is None:
+        return None
+    want = ipvs.expected_digests(desired.services, desired.dests.values())
+    if want is None:
+        return None
+    also = set(also)
+    decode = [key for key, digest in have.items() if key in also or want.get(key) != digest]
+    fresh = ipvs.observe_services(decode, stats=stats) if decode else IpvsObserved()
+    decoded = set(decode)
+    out = IpvsObserved(service_stats=fresh.service_stats, dest_stats=fresh.dest_stats)
+    digests: dict[ServiceKey, bytes] | None = {}
+    for key, digest in have.items():          # the kernel's order, as observe() gives it
+        if key not in decoded:
+            out.services[key] = desired.services[key]
+            digests[key] = digest
+        elif key in fresh.services:            # else: gone since the digests were read
+            out.services[key] = fresh.services[key]
+    matched = out.services.keys() - decoded
+    if matched:
+        out.dests = {dkey: d for dkey, d in desired.dests.items() if dkey.service in matched}
+    out.dests.update(fresh.dests)
+    if fresh.service_digests is None:
+        digests = None
+    else:
+        digests.update(fresh.service_digests)
+        digests = {key: digests[key] for key in out.services if key in digests}
+    out.service_digests = digests
+    return out

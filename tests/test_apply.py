@@ -13,7 +13,7 @@ from pask_ipvs.backend.fake import fake_backends, kernel_writes
 from pask_ipvs.desired import expand
 from pask_ipvs.fwmarks import fwmarks_for as allocate
 from pask_ipvs.objects import DestKey, IpvsDest, IpvsService, ServiceKey
-from pask_ipvs.observe import observe, observe_after, touched_services
+from pask_ipvs.observe import observe, observe_after, observe_ipvs_by_digests, touched_services
 from pask_ipvs.pipeline import reconcile as run_reconcile
 from pask_ipvs.plan import Op, diff
 from pask_ipvs.state import PaskState
@@ -128,6 +128,7 @@ def _reweigh(cfg, index: int, weight: int):
 def _run(cfg, b, state, **kw):
     """One pask-apply run as pipeline.py makes it (observe, then reconcile); reads counted from here."""
     b.ipvs.observe_calls, b.ipvs.observe_services_calls = 0, []
+    b.ipvs.service_digest_calls = b.ipvs.expected_digest_calls = 0
     marks = fwmarks_for(cfg, state)
     desired = expand(cfg, marks)
     observed = observe(desired, b, stats=kw.get("drain_timeout", 0) > 0)
@@ -216,15 +217,120 @@ def test_verify_of_a_big_plan_reads_the_whole_table(touched):
         changed = _reweigh(changed, i, 3)
     out = _run(changed, b, state)
     assert len(touched_services(out.plan.ops)) == touched
-    assert b.ipvs.observe_calls == 2 and b.ipvs.observe_services_calls == []
+    # the whole table by digests: every service matched, nothing decoded
+    assert b.ipvs.observe_calls == 1 and b.ipvs.observe_services_calls == []
+    assert b.ipvs.service_digest_calls == b.ipvs.expected_digest_calls == 1
     assert not out.remaining.changed
 
 
-def test_verify_of_a_cold_apply_reads_the_whole_table():
+def test_verify_of_a_cold_apply_reads_the_whole_table_by_digests():
     b = fake_backends()
     out = _run(many(8, 2), b, PaskState())
     assert out.plan.changed and not out.remaining.changed
+    assert b.ipvs.observe_calls == 1 and b.ipvs.observe_services_calls == []
+    assert b.ipvs.service_digest_calls == 1
+    # what verify hands on (the no-op fast path digests it) is what a full read gives
+    assert out.observed.ipvs == b.ipvs.observe()
+    assert out.observed.ipvs.service_digests == b.ipvs.service_digests()
+
+
+def _cold_apply_with(b, monkeypatch, spoil):
+    """A cold apply of many(8, 4) whose IPVS writes ``spoil(fake)`` changes behind pask's
+    back; returns (outcome, the plan a full read-back would have left, the run's reads:
+    (whole-table reads, digest reads, partial reads))."""
+    real_apply = b.ipvs.apply
+
+    def apply_then_spoil(ops):
+        errors = real_apply(ops)
+        spoil(b.ipvs)
+        return errors
+
+    monkeypatch.setattr(b.ipvs, "apply", apply_then_spoil)
+    cfg = many(8, 4)
+    out = _run(cfg, b, PaskState())
+    reads = (b.ipvs.observe_calls, b.ipvs.service_digest_calls, b.ipvs.observe_services_calls)
+    desired = expand(cfg, fwmarks_for(cfg, PaskState()))
+    return out, diff(desired, observe(desired, b), out.state), reads
+
+
+def _second_service(fake):
+    return sorted(fake.services)[1]
+
+
+def _drop_a_dest(fake):
+    dests = fake.dests[_second_service(fake)]
+    del dests[next(iter(dests))]
+
+
+def _reweigh_a_dest(fake):
+    dests = fake.dests[_second_service(fake)]
+    dkey = next(iter(dests))
+    dests[dkey] = dests[dkey]._replace(weight=dests[dkey].weight + 5)
+
+
+def _add_a_dest(fake):
+    key = _second_service(fake)
+    fake.dests[key][DestKey(key, "10.99.9.9", 80)] = IpvsDest(key, "10.99.9.9", 80)
+
+
+def _change_a_scheduler(fake):
+    key = _second_service(fake)
+    fake.services[key] = fake.services[key]._replace(scheduler="lc")
+
+
+def _drop_a_service(fake):
+    key = _second_service(fake)
+    del fake.services[key], fake.dests[key]
+
+
+@pytest.mark.parametrize("spoil", [_drop_a_dest, _reweigh_a_dest, _add_a_dest, _change_a_scheduler,
+                                   _drop_a_service], ids=lambda f: f.__name__[1:])
+def test_verify_by_digests_reports_what_a_full_read_back_reports(spoil, monkeypatch):
+    """A digest that differs is decoded (that service alone) and diffed: the report is the
+    full read-back's, op for op."""
+    b = fake_backends()
+    out, full, (whole, digests, partial) = _cold_apply_with(b, monkeypatch, spoil)
+    assert out.result.ok and full.changed
+    assert out.remaining.ops == full.ops
+    assert not out.verified
+    assert whole == 1 and digests == 1          # the run's own read (empty), then digests
+    key = sorted(out.state.services.values())[1]
+    # the spoilt service alone is decoded (one the kernel lost has no digest: it is just missing)
+    assert partial == ([] if spoil is _drop_a_service else [[key]])
+
+
+def test_verify_by_digests_decodes_a_foreign_service_and_leaves_it_alone(monkeypatch):
+    foreign = ServiceKey.virtual("tcp", "10.99.200.1", 80)
+
+    def add_foreign(fake):
+        if foreign not in fake.services:
+            fake.seed([IpvsService(foreign, "wlc")], [IpvsDest(foreign, "10.99.9.9", 80)])
+
+    b = fake_backends()
+    out, full, (_, _, partial) = _cold_apply_with(b, monkeypatch, add_foreign)
+    assert out.verified and not full.changed
+    assert partial == [[foreign]]
+    assert out.observed.ipvs == b.ipvs.observe()
+
+
+def test_verify_reads_the_whole_table_when_the_backend_cannot_digest(monkeypatch):
+    b = fake_backends()
+    monkeypatch.setattr(b.ipvs, "expected_digests", lambda services, dests: None)
+    out = _run(many(8, 2), b, PaskState())
+    assert out.plan.changed and out.verified
     assert b.ipvs.observe_calls == 2 and b.ipvs.observe_services_calls == []
+
+
+def test_verify_by_digests_decodes_a_service_with_dests_of_the_other_family():
+    """The kernel's scanned bytes do not carry a dest's family: such a service is decoded."""
+    mixed = svc("mixed", "10.99.100.9", 80, mode="l3-dsr",
+                servers=[rs("fd00::9", 80), rs("10.99.2.9", 80)])
+    cfg = replace(many(8, 2), services=many(8, 2).services + (mixed,))
+    b = fake_backends()
+    out = _run(cfg, b, PaskState())
+    assert out.verified
+    assert b.ipvs.observe_services_calls == [[ServiceKey.virtual("tcp", "10.99.100.9", 80)]]
+    assert out.observed.ipvs == b.ipvs.observe()
 
 
 def test_verify_rereads_draining_services_for_their_connections():
@@ -327,6 +433,23 @@ def test_property_partial_read_after_apply_equals_a_full_observe(first, second, 
     after = observe_after(desired, b, before, plan.ops, stats=stats, max_fraction=math.inf)
     assert b.ipvs.observe_calls == 0                  # partial, however much was touched
     assert after == observe(desired, b, stats=stats)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first=configs(), second=configs())
+def test_property_the_table_by_digests_equals_a_full_observe(first, second):
+    """Whatever the kernel holds (here: another config's table and a foreign service) and
+    whatever is desired, the table read by digests is the one observe() decodes: objects
+    and digests; only the counters of matched services are not read."""
+    b = fake_backends()
+    b.ipvs.apply([Op("add", "service", "f", None, IpvsService(FOREIGN, "wlc")),
+                  Op("add", "dest", "f", None, IpvsDest(FOREIGN, "10.99.9.9", 80))])
+    _, _, state = reconcile(first, b)
+    desired = expand(second, fwmarks_for(second, state))
+    got = observe_ipvs_by_digests(desired, b)
+    full = b.ipvs.observe()
+    assert got == full and got.service_digests == full.service_digests
+    assert list(got.services) == list(full.services)          # in the kernel's order
 
 
 def test_outcome_is_verified_only_when_the_apply_succeeded_and_nothing_remains():

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import errno as _errno
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from ..objects import (
-    Engine, EngineObserved, IpvsObserved, KernelModule, LinkObserved, NftObserved, NftTable,
-    ServiceKey, SyncDaemon, VipAddress,
+    Engine, EngineObserved, IpvsDest, IpvsObserved, IpvsService, KernelModule, LinkObserved,
+    NftObserved, NftTable, ServiceKey, SyncDaemon, VipAddress,
 )
 
 
@@ -42,6 +42,13 @@ class IpvsBackend(Protocol):
     def service_digests(self) -> dict[ServiceKey, bytes] | None:
         """Service -> the digest observe() puts in ``service_digests``, read without decoding
         every dest (the no-op fast path); None when this kernel cannot be digested."""
+
+    def expected_digests(self, services: Mapping[ServiceKey, IpvsService],
+                         dests: Iterable[IpvsDest]) -> dict[ServiceKey, bytes] | None:
+        """Service -> the digest service_digests() gives for a kernel that holds exactly
+        ``services`` with ``dests`` (verify compares the two instead of decoding the table).
+        None when this backend cannot make them; a service it cannot vouch for is left out.
+        Call after service_digests(): the kernel backend learns the reply layout there."""
 
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
         """Run service/dest ops in order (batched). The kernel goes on after a failed

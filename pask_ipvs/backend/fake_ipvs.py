@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ..objects import (
     FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestKey, DestStats, IpvsDest, IpvsObserved, IpvsService,
@@ -66,6 +66,7 @@ class FakeIpvs:
         self.observe_calls = 0                   # whole-table reads
         self.observe_services_calls: list[list[ServiceKey]] = []   # the keys of each partial read
         self.service_digest_calls = 0
+        self.expected_digest_calls = 0
         self.sync_daemons: dict[str, SyncDaemon] = {}   # state -> the running thread
         self.interfaces: frozenset[str] | None = None   # links a daemon may use (None: any)
         self._encoder = wire.IpvsEncoder(family=0)
@@ -95,9 +96,17 @@ class FakeIpvs:
         self.service_digest_calls += 1
         return {key: self._service_digest(key) for key in self.services}
 
+    def expected_digests(self, services: Mapping[ServiceKey, IpvsService],
+                         dests: Iterable[IpvsDest]) -> dict[ServiceKey, bytes] | None:
+        """What service_digests() would give for a table holding exactly these (as the
+        kernel backend makes it: a service with a dest of another family than its own is
+        left out, since the kernel's scanned bytes do not carry a dest's family)."""
+        self.expected_digest_calls += 1
+        return scan.expected_digests(services, dests, _expected_dest_configs)
+
     def _service_digest(self, key: ServiceKey) -> bytes:
-        return scan.service_digest(self.services[key], [   # every field but the service
-            repr(tuple(d)[1:]).encode() for d in self.dests[key].values()])
+        return scan.service_digest(self.services[key], [
+            _dest_config(d) for d in self.dests[key].values()])
 
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
         errors = []
@@ -263,6 +272,20 @@ class FakeIpvs:
         else:
             dests[dest.key] = dest
         return 0
+
+
+def _dest_config(d: IpvsDest) -> bytes:
+    """The fake's stand-in for a dest reply's configuration bytes: every field but the service."""
+    return repr(tuple(d)[1:]).encode()
+
+
+def _expected_dest_configs(af: int, dests: list[IpvsDest]) -> list[bytes]:
+    """_dest_config of desired dests of an IPv``af`` service; refuses (ValueError) what the
+    kernel backend's encoder refuses to vouch for: a dest of another family."""
+    for d in dests:
+        if family_of(d.addr) != af:
+            raise ValueError(f"{d.key}: an IPv{family_of(d.addr)} dest of an IPv{af} service")
+    return [_dest_config(d) for d in dests]
 
 
 def _ipvsadm_service(key: ServiceKey) -> str:

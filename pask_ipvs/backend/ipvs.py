@@ -16,9 +16,9 @@ import socket
 import struct
 import subprocess
 import threading
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
-from ..objects import IpvsObserved, ServiceKey, SyncDaemon
+from ..objects import IpvsDest, IpvsObserved, IpvsService, ServiceKey, SyncDaemon
 from . import ipvs_codec as wire, ipvs_layout as layout, ipvs_scan as scan, netlink as nl
 from .base import BackendError
 from .modules import kernel_module_names
@@ -247,6 +247,18 @@ class IpvsNetlink:
         keys = list(services)
         self._on_sockets(self.digest_workers, len(keys), work)
         return None if gone else out
+
+    def expected_digests(self, services: Mapping[ServiceKey, IpvsService],
+                         dests: Iterable[IpvsDest]) -> dict[ServiceKey, bytes] | None:
+        """What service_digests() gives for a kernel holding exactly ``services`` with
+        ``dests``, made without reading the kernel: each dest encoded the way this kernel's
+        dest replies carry it (the layout DestConfigScanner learned from the first reply
+        it saw). None before any reply was seen, or when the layout has attributes pask
+        cannot write; a service whose dests cannot all be encoded is left out."""
+        encode = self._scanner.encoder()
+        if encode is None:
+            return None
+        return scan.expected_digests(services, dests, encode)
 
     def _on_sockets(self, workers: int, count: int,
                     work: Callable[[_Conn, range], None]) -> None:

@@ -650,6 +650,73 @@ def test_scanner_finds_each_kernel_reply_configuration_and_not_its_counters():
     assert changed[0] == found[0] and changed[1] != found[1] and changed[2] == found[2]
 
 
+def _one_by_one(encoder):
+    assert encoder is not None
+    return lambda d: encoder(d.service.af, [d])[0]
+
+
+def test_the_encoder_writes_each_dest_as_linux_6_1_reports_it():
+    """Verify by digest stands on this: a desired dest encoded by the learned layout is
+    byte for byte the configuration scan() finds in the kernel's reply for that dest
+    (the captured 6.1 reply, with its tunnel settings at the kernel's defaults)."""
+    buf = b"".join([_variant(1, 1), _variant(2, 2), KERNEL_DONE])
+    encode = _one_by_one(_scanner_for(buf).encoder())
+    (found,) = _scanner_for(buf).scan(KERNEL_DEST_REPLY, len(KERNEL_DEST_REPLY))
+    assert encode(KERNEL_DEST) == found
+    for octet, weight in ((1, 1), (2, 9), (200, 0)):
+        (found,) = _scanner_for(buf).scan(_variant(octet, weight), len(_variant(octet, weight)))
+        assert encode(KERNEL_DEST._replace(addr=f"10.99.128.{octet}", weight=weight)) == found
+    others = [KERNEL_DEST._replace(port=8081), KERNEL_DEST._replace(fwd="route"),
+              KERNEL_DEST._replace(fwd="tunnel"), KERNEL_DEST._replace(u_threshold=5),
+              KERNEL_DEST._replace(l_threshold=5), KERNEL_DEST._replace(weight=5)]
+    assert len({encode(d) for d in others} | {encode(KERNEL_DEST)}) == len(others) + 1
+
+
+def test_the_encoder_refuses_what_the_bytes_cannot_vouch_for():
+    encode = _one_by_one(_scanner_for(KERNEL_DEST_REPLY).encoder())
+    six = ServiceKey.virtual("tcp", "fd00::1", 80)
+    for bad in (KERNEL_DEST._replace(addr="fd00::5", fwd="tunnel"),     # no family in the bytes
+                IpvsDest(six, "10.99.1.1", 80, "tunnel"),
+                KERNEL_DEST._replace(fwd="local"), KERNEL_DEST._replace(weight=-1),
+                KERNEL_DEST._replace(port=70000), KERNEL_DEST._replace(addr="10.99.1")):
+        with pytest.raises(ValueError):
+            encode(bad)
+    assert encode(IpvsDest(six, "fd00::5", 80)) != encode(KERNEL_DEST)
+    many = _scanner_for(KERNEL_DEST_REPLY).encoder()
+    dests = [KERNEL_DEST, KERNEL_DEST._replace(weight=9)]
+    assert many(4, dests) == [encode(d) for d in dests]
+    with pytest.raises(ValueError):                    # one bad dest: the whole list refused
+        many(4, dests + [KERNEL_DEST._replace(fwd="local")])
+
+
+def test_no_encoder_before_a_reply_or_for_a_layout_with_attributes_pask_cannot_write():
+    assert scan.DestConfigScanner().encoder() is None
+    msg = bytearray(KERNEL_DEST_REPLY)                 # TUN_TYPE (13) renamed to type 30
+    at = KERNEL_DEST_REPLY.index(bytes.fromhex("05000d00"))
+    msg[at + 2] = 30
+    assert _scanner_for(bytes(msg)).encoder() is None
+    short = w.IpvsEncoder(KERNEL_FAMILY).dest(w.IPVS_CMD_DEL_DEST, KERNEL_DEST, KERNEL_SEQ)
+    scanner = scan.DestConfigScanner()                 # a reply without the weight: none either
+    if scanner.learn(short, len(short), KERNEL_FAMILY):
+        assert scanner.encoder() is None
+
+
+def test_expected_digests_equal_the_kernels_and_leave_out_what_cannot_be_vouched_for():
+    buf = b"".join([_variant(1, 1), _variant(2, 2), KERNEL_DONE])
+    scanner = _scanner_for(buf)
+    svc = IpvsService(KERNEL_KEY, "wrr", frozenset({"persistent"}), 300, 24)
+    dests = [KERNEL_DEST._replace(addr="10.99.128.1", weight=1),
+             KERNEL_DEST._replace(addr="10.99.128.2", weight=2)]
+    kernel = scan.service_digest(svc, scanner.scan(buf, len(buf)))
+    mixed = ServiceKey.virtual("tcp", "10.99.16.2", 80)
+    other = ServiceKey.virtual("tcp", "10.99.16.3", 80)
+    want = scan.expected_digests(
+        {KERNEL_KEY: svc, mixed: IpvsService(mixed, "rr")},
+        [dests[1], IpvsDest(mixed, "fd00::1", 80, "tunnel"), dests[0], IpvsDest(other, "10.1.1.1", 80)],
+        scanner.encoder())
+    assert want == {KERNEL_KEY: kernel}
+
+
 def test_scanner_learns_nothing_without_a_dest_reply():
     scanner = scan.DestConfigScanner()
     assert not scanner.learn(KERNEL_DONE, len(KERNEL_DONE), KERNEL_FAMILY)
@@ -672,13 +739,16 @@ def test_dump_finished_looks_at_the_buffers_end():
     assert nl.dump_finished(error, len(error), seq) is None
 
 
-def test_service_fingerprint_covers_configuration_order_and_count():
+def test_service_fingerprint_covers_configuration_and_count_not_the_kernels_order():
+    """The kernel lists dests newest first; a digest made from the config cannot know
+    that order (verify by digest), so the dests' order is left out, their count is not."""
     svc = IpvsService(KERNEL_KEY, "wrr", frozenset({"persistent", "sh-port"}), 300, 24)
     a, b = b"dest-a", b"dest-b"
     fp = scan.service_digest(svc, [a, b])
     assert fp == scan.service_digest(
         IpvsService(KERNEL_KEY, "wrr", frozenset({"sh-port", "persistent"}), 300, 24), [a, b])
-    others = [scan.service_digest(svc, [b, a]), scan.service_digest(svc, [a]),
+    assert fp == scan.service_digest(svc, [b, a])
+    others = [scan.service_digest(svc, [a, a]), scan.service_digest(svc, [a]),
               scan.service_digest(svc, [a, b, b]),
               scan.service_digest(IpvsService(KERNEL_KEY, "rr", svc.flags, 300, 24), [a, b]),
               scan.service_digest(IpvsService(KERNEL_KEY, "wrr", svc.flags, 301, 24), [a, b]),

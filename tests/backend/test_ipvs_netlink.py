@@ -214,3 +214,20 @@ def test_observe_drops_fingerprints_when_the_scanner_misses_a_dest(table, monkey
 def test_the_fake_fingerprints_like_its_observe(table):
     assert table.service_digests() == table.observe().service_digests
     assert table.observe_services([T, MISSING]).service_digests == {T: table.service_digests()[T]}
+
+
+def test_expected_digests_are_what_the_kernel_digests_once_a_reply_was_seen(table):
+    backend = backend_on(KernelSocket(table))
+    dests = [d for ds in table.dests.values() for d in ds.values()]
+    assert backend.expected_digests(table.services, dests) is None     # no layout learned yet
+    have = backend.service_digests()
+    assert backend.expected_digests(table.services, dests) == have
+    assert table.expected_digests(table.services, dests) == table.service_digests()   # the fake too
+    # a dest missing, a weight changed, a dest too many: that service's digest differs
+    first = next(iter(table.dests[T].values()))
+    for changed in ([d for d in dests if d != first],
+                    [d._replace(weight=d.weight + 1) if d == first else d for d in dests],
+                    dests + [first._replace(addr="10.99.1.77")]):
+        want = backend.expected_digests(table.services, changed)
+        assert want[T] != have[T] and {k: v for k, v in want.items() if k != T} == \
+            {k: v for k, v in have.items() if k != T}
