@@ -188,3 +188,27 @@ def test_inverse_ops_undo():
 
 def test_phases_cover_every_op_kind_once():
     assert len(set(PHASES)) == len(PHASES)
+
+
+def test_the_plans_dest_labels_are_dest_label_whatever_the_families():
+    from pask_ipvs.objects import DestKey, ServiceKey
+    from pask_ipvs.plan import _DestLabels, dest_label
+
+    four, six, mark = (ServiceKey.virtual("tcp", "10.99.0.1", 80),
+                       ServiceKey.virtual("udp", "fd00::1", 53), ServiceKey.mark(7, 6))
+    keys = [DestKey(four, "10.99.1.1", 8080), DestKey(four, "fd00::5", 80), DestKey(six, "fd00::2", 53),
+            DestKey(mark, "fd00::3", 0), DestKey(four, "10.99.1.2", 8080), DestKey(mark, "10.99.1.3", 0)]
+    label = _DestLabels()
+    assert [label(k) for k in keys] == [dest_label(k) for k in keys]
+    assert label(keys[1]) == "10.99.0.1:80/tcp -> [fd00::5]:80"
+
+
+def test_ops_are_values_and_invert():
+    from pask_ipvs.plan import Op
+
+    op = Op("add", "dest", "x", None, 1, service="web")
+    assert op == Op("add", "dest", "x", after=1, service="web") and hash(op) == hash(Op(*op))
+    assert op.inverse() == Op("delete", "dest", "x", 1, None, "rollback", "web")
+    assert op.inverse().inverse() == Op("add", "dest", "x", None, 1, "rollback", "web")
+    assert Op("set", "dest", "x", 1, 2).inverse() == Op("set", "dest", "x", 2, 1, "rollback")
+    assert Op("replace", "nft", "t").inverse() is None and Op("set", "engine", "k").inverse() is None

@@ -243,7 +243,7 @@ class HealthDaemon:
         # A dest the config does not name is pask-apply's business (drift or a drain):
         # only servers of the config are ever deleted here (failed with on_failure: remove).
         named = set(self.expand(sub, self.fwmarks, {}).dests)
-        ops = tuple(dataclasses.replace(op, reason=self.why.get(op.service, "health"))
+        ops = tuple(op._replace(reason=self.why.get(op.service, "health"))
                     for op in plan.ops if op.action != DELETE or op.before.key in named)
         return Plan(ops)
 
