@@ -11,8 +11,8 @@ import ipaddress
 from typing import Mapping
 
 from .objects import (
-    FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, Desired, IpvsDest, IpvsService, KernelModule, ServiceKey,
-    VipAddress,
+    FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestKey, Desired, IpvsDest, IpvsService, KernelModule,
+    ServiceKey, VipAddress,
 )
 from .health_file import health_key
 from .model import Application, Config, NatMode, OnFailure, RealServer, ServerState, Service
@@ -134,13 +134,13 @@ def expand(config: Config, fwmarks: Mapping[str, int],
         desired.owners[key] = svc.name
         schedulers.add(ipvs_svc.scheduler)
         fwd = FWD_BY_MODE[svc.nat_mode]
-        weights = effective_weights(svc, health)
-        for rs in svc.real_servers:
-            weight = weights[(rs.address, rs.port)]
+        keep_port = not svc.uses_fwmark          # dest_port, once per service
+        dests = desired.dests
+        for rs, weight in zip(svc.real_servers, _weights(svc, health)):
             if weight is None:
                 continue
-            dest = IpvsDest(key, rs.address, dest_port(svc, rs), fwd, weight)
-            desired.dests[dest.key] = dest
+            port = rs.port if (keep_port or rs.explicit_port) else 0
+            dests[DestKey(key, rs.address, port)] = IpvsDest(key, rs.address, port, fwd, weight)
         if vip_interface:
             vips.add(VipAddress(vip_interface, svc.vip,
                                 128 if svc.family == 6 else 32))
@@ -169,20 +169,32 @@ def effective_weights(service: Service, up: Mapping[str, bool]) -> dict[tuple[st
       else 0 (kept in the kernel, so its connections drain when the pool recovers);
     * a server missing from ``up`` counts as up (no health check, or not known yet).
     """
-    def is_up(rs) -> bool:
-        return up.get(health_key(service.name, rs.address, rs.port), True)
+    return {(rs.address, rs.port): weight
+            for rs, weight in zip(service.real_servers, _weights(service, up))}
 
-    pool_up = any(rs.state is ServerState.ENABLED and is_up(rs) for rs in service.real_servers)
+
+def _weights(service: Service, up: Mapping[str, bool]) -> list[int | None]:
+    """effective_weights as a list in the order of ``service.real_servers`` (expand's
+    loop: no dict, and no health key made when nothing is known of any server's health)."""
+    servers = service.real_servers
+    if up:
+        def is_up(rs) -> bool:
+            return up.get(health_key(service.name, rs.address, rs.port), True)
+        ups = [is_up(rs) for rs in servers]
+    else:
+        ups = [True] * len(servers)
+    enabled, disabled, backup = ServerState.ENABLED, ServerState.DISABLED, ServerState.BACKUP
+    pool_up = any(rs.state is enabled and ok for rs, ok in zip(servers, ups))
     failed = None if service.on_failure is OnFailure.REMOVE else 0
-    out: dict[tuple[str, int], int | None] = {}
-    for rs in service.real_servers:
-        if rs.state is ServerState.DISABLED:
-            weight: int | None = 0
-        elif not is_up(rs):
-            weight = failed
-        elif rs.state is ServerState.BACKUP:
-            weight = 0 if pool_up else rs.weight
+    out: list[int | None] = []
+    for rs, ok in zip(servers, ups):
+        state = rs.state
+        if state is disabled:
+            out.append(0)
+        elif not ok:
+            out.append(failed)
+        elif state is backup:
+            out.append(0 if pool_up else rs.weight)
         else:
-            weight = rs.weight
-        out[(rs.address, rs.port)] = weight
+            out.append(rs.weight)
     return out

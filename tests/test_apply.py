@@ -464,3 +464,32 @@ def test_outcome_is_verified_only_when_the_apply_succeeded_and_nothing_remains()
     assert Outcome(drift, ApplyResult(), Plan(), PaskState()).verified
     assert not Outcome(drift, ApplyResult(), drift, PaskState()).verified
     assert not Outcome(drift, failed, Plan(), PaskState()).verified
+
+
+def test_a_run_pauses_the_cyclic_gc_and_gives_it_back(tmp_path):
+    """apply_config makes 10^5 long-lived objects at scale and no cyclic garbage: the
+    collector is off while it runs, and on again after (also after an error)."""
+    import gc
+
+    from builders import yaml_config
+    from pask_ipvs.pipeline import ApplyRequest, apply_config
+
+    cfg = tmp_path / "pask.yaml"
+    cfg.write_text(yaml_config(4))
+    seen = []
+    b = fake_backends()
+    real_observe = b.ipvs.observe
+    b.ipvs.observe = lambda stats=False: seen.append(gc.isenabled()) or real_observe(stats)
+
+    class Out:
+        def info(self, msg): pass
+        def progress(self, msg): pass
+        def error(self, msg): pass
+
+    request = ApplyRequest(config=str(cfg), state_file=str(tmp_path / "state.json"),
+                           health_file=str(tmp_path / "health.json"))
+    assert gc.isenabled()
+    report = apply_config(request, lambda: b, Out())
+    assert report["verified"] and seen == [False] and gc.isenabled()
+    cfg.write_text("services: [")
+    assert apply_config(request, lambda: b, Out())["errors"] and gc.isenabled()
