@@ -418,6 +418,7 @@ def _parse_network(text: str) -> IpNetwork | str:
         return f"{text} has host bits set; did you mean {loose}?"
 
 
+_UNSPECIFIED_V4 = bytes(4)
 _MASK_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
 
 
@@ -622,12 +623,39 @@ class _Semantics:
 
     def real_servers(self, p: Path, servers: list, vip: IpAddress | None, port: int | None,
                      mode: str | None) -> None:
-        seen: dict[tuple[IpAddress, int], int] = {}
+        # (canonical address text, port) -> index of the first real server with them
+        seen: dict[tuple[str, int], int] = {}
+        # The common case first, with no IPv4Address made: a canonical dotted quad that is
+        # unicast, of an IPv4 service (or one whose VIP is already reported). Its checks
+        # are those of the general path below, in its order, with its messages.
+        fast_vip = vip is None or vip.version == 4
+        vip_packed = vip.packed if vip is not None else None
+        dsr = mode in DSR_MODES
         for i, rs in enumerate(servers):
             if not isinstance(rs, dict):
                 continue
+            value = rs.get("address")
+            packed = dotted_quad(value) if fast_vip and type(value) is str else None
+            if packed is not None and packed != _UNSPECIFIED_V4 and packed[0] & 0xF0 != 0xE0:
+                if packed == vip_packed:
+                    self.add(p + (i, "address"), f"real server {value} is the VIP itself "
+                                                 "(allowed: any address but the VIP)")
+                if "port" in rs:
+                    rs_port = _int(rs["port"], 1, 65535)
+                    if dsr and rs_port is not None and port is not None and rs_port != port:
+                        self.add(p + (i, "port"), f"{mode} forwards packets unchanged, so a real "
+                                                  f"server's port must be the service port "
+                                                  f"(allowed: {port}, or leave port out)")
+                else:
+                    rs_port = port
+                if rs_port is not None:
+                    first = seen.setdefault((value, rs_port), i)
+                    if first != i:
+                        self.add(p + (i, "address"), f"duplicate real server {value}:{rs_port} "
+                                                     f"(first at line {self.lines.line(p + (first,))})")
+                continue
             q = p + (i,)
-            addr = self.address(q + ("address",), rs.get("address"), "real server address")
+            addr = self.address(q + ("address",), value, "real server address")
             if addr is not None and not self.same_family(q + ("address",), "real server", addr, vip):
                 addr = None
             if addr is not None and addr == vip:
@@ -639,7 +667,7 @@ class _Semantics:
                 self.add(q + ("port",), f"{mode} forwards packets unchanged, so a real server's port "
                                         f"must be the service port (allowed: {port}, or leave port out)")
             if addr is not None and rs_port is not None:
-                first = seen.setdefault((addr, rs_port), i)
+                first = seen.setdefault((str(addr), rs_port), i)
                 if first != i:
                     self.add(q + ("address",), f"duplicate real server {_hostport(addr, rs_port)} "
                                                f"(first at line {self.lines.line(p + (first,))})")

@@ -520,3 +520,34 @@ def test_address_fast_path_agrees_with_ipaddress(text):
     else:
         assert got == want and type(got) is type(want)
         assert canonical_address.__wrapped__(text) == str(want)
+
+
+# -- the real servers' IPv4 fast path reports what the general path reports ----------------
+
+_rs_address = _st.one_of(
+    _st.sampled_from(["10.99.2.1", "10.99.2.2", "10.99.100.1", "0.0.0.0", "224.0.0.5", "239.1.1.1",
+                      "255.255.255.255", "010.99.2.1", "10.99.2", "fd00::1", "fd00:0::1", "::",
+                      "ff02::1", "web1", "", "10.99.2.1 "]),
+    _st.integers(0, 3), _st.none())
+_rs = _st.fixed_dictionaries({"address": _rs_address},
+                             optional={"port": _st.sampled_from([80, 8080, 0, 70000, "80", True])})
+
+
+@_settings(max_examples=300, deadline=None)
+@_given(servers=_st.lists(_st.one_of(_rs, _st.just("not a dict")), max_size=8),
+        vip=_st.sampled_from(["10.99.100.1", "fd00::100", "10.99.100", 5]),
+        port=_st.sampled_from([80, 0, None]),
+        mode=_st.sampled_from(["dest-nat", "l2-dsr", "l3-dsr"]))
+def test_real_server_fast_path_reports_as_the_general_path(servers, vip, port, mode):
+    from pask_ipvs import validate as v
+
+    svc = {"name": "a", "vip": vip, "nat_mode": mode, "real_servers": servers}
+    if port is not None:
+        svc["port"] = port
+    data = {"version": 1, "services": [svc]}
+    _, lines = load_document("f.yaml", "version: 1\n")
+    fast = semantic_issues(data, lines)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(v, "dotted_quad", lambda text: None)       # every address the general way
+        general = semantic_issues(data, lines)
+    assert fast == general
