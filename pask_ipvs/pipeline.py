@@ -229,12 +229,12 @@ def _ha_desired(request: ApplyRequest, config: "Config", state: PaskState, desir
                 backends: "Backends") -> list[str]:
     """With ha: which node this is (--node, or its address on peer_link) and its engines.
     Either way: what earlier runs started that this config no longer has (to stop)."""
-    from .ha import NodeError, engines, find_node
-    from .objects import VipAddress
-    from .render.ha import EnginePaths
-
     ha = config.ha
     if ha is not None:
+        from .ha import NodeError, engines, find_node
+        from .objects import VipAddress
+        from .render.ha import EnginePaths
+
         link, held = backends.addr.observe(ha.peer_link)
         if request.offline:     # an empty kernel holds no address: plan as the node named, or the first
             named = ha.node(request.node) if request.node else ha.nodes[0]

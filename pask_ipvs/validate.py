@@ -12,8 +12,8 @@ import difflib
 import functools
 import ipaddress
 import json
+import os
 import re
-from importlib import resources
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from .defaults import DEFAULT_HEALTH, DEFAULT_NAT_MODE, DEFAULT_PROTOCOL
@@ -58,8 +58,11 @@ APPLICATION_MODE_LIMITS = {
 @functools.cache
 def load_schema() -> dict:
     """The config's JSON Schema (schemas/pask.schema.json, shipped inside the package)."""
-    text = resources.files("pask_ipvs").joinpath("schemas", "pask.schema.json").read_text("utf-8")
-    return json.loads(text)
+    # a plain file read: importlib.resources costs a start-up its pathlib and more, and the
+    # package is a directory (fastpath/config_cache.py's code digest walks it too)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas", "pask.schema.json"),
+              encoding="utf-8") as f:
+        return json.load(f)
 
 
 @functools.cache

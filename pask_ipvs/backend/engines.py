@@ -12,10 +12,8 @@ namespace) pask-apply starts it itself, in its own network namespace.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from typing import Callable, Iterable
 
@@ -127,6 +125,8 @@ class ProcessEngines:
             argv = list(engine.argv)
         # stderr to a file, not a pipe: the daemon it forks keeps the inherited descriptor,
         # and a pipe would stay open (and run() waiting) for as long as the daemon lives
+        import tempfile       # here: every pask-apply makes this backend, few start a daemon
+
         with tempfile.TemporaryFile() as log:
             try:
                 done = self._run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -175,6 +175,8 @@ class ProcessEngines:
                     pass
 
     def missing(self, names: Iterable[str]) -> dict[str, str]:
+        import shutil
+
         return {n: PACKAGES.get(n, n) for n in names if shutil.which(n) is None}
 
     def _wait(self, engine: Engine, *, running: bool, timeout: float, what: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 from typing import Iterable
 
@@ -36,6 +35,8 @@ def kernel_module_names(modules_dir: str) -> set[str]:
 
 
 def _modprobe_path() -> str | None:
+    import shutil        # here: only a config that needs a module runs modprobe
+
     return shutil.which("modprobe") or next(
         (p for p in ("/usr/sbin/modprobe", "/sbin/modprobe") if os.path.exists(p)), None)
 
