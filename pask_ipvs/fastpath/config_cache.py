@@ -236,9 +236,9 @@ class ConfigCache:
             entry["config"] = pickle.dumps(config.services, pickle.HIGHEST_PROTOCOL)
         else:
             entry["order"] = digests
-            dump = _chunk_pickler()
-            entry["chunks"] = {digest: known.get(digest) or dump(svc)
-                               for digest, svc in zip(digests, config.services)}
+            entry["chunks"] = {
+                digest: known.get(digest) or pickle.dumps(svc, pickle.HIGHEST_PROTOCOL)
+                for digest, svc in zip(digests, config.services)}
         try:
             write_atomic(self.cache_file, pickle.dumps(entry, pickle.HIGHEST_PROTOCOL),
                          dir_mode=0o700)
@@ -246,27 +246,6 @@ class ConfigCache:
             return False
         self._learnt = None
         return True
-
-
-def _chunk_pickler():
-    """obj -> pickle.dumps(obj, HIGHEST_PROTOCOL), the same bytes, from one Pickler whose
-    memo is cleared between objects: a thousand services pickle in half the time of a
-    thousand pickle.dumps calls (each of which sets up a pickler and finds every class's
-    reducer again)."""
-    import io
-    import pickle
-
-    buf = io.BytesIO()
-    pickler = pickle.Pickler(buf, pickle.HIGHEST_PROTOCOL)
-
-    def dump(obj: object) -> bytes:
-        buf.seek(0)
-        buf.truncate()
-        pickler.clear_memo()
-        pickler.dump(obj)
-        return buf.getvalue()
-
-    return dump
 
 
 def _from_entry(entry: dict, path: str) -> Config | None:

@@ -386,19 +386,3 @@ def test_cli_apply_uses_the_cache_beside_the_state_file(tmp_path, capsys):
     assert "config: 1 of 3 services parsed" in capsys.readouterr().err
     assert apply_main([*files, "--offline", "-v", str(cfg)]) == 0
     assert "config: full" in capsys.readouterr().err          # --offline never uses the cache
-
-
-def test_the_chunk_pickler_writes_what_pickle_dumps_writes():
-    import pickle
-
-    from pask_ipvs.fastpath.config_cache import _chunk_pickler
-    from pask_ipvs.load import load_config
-
-    from pathlib import Path
-
-    example = Path(__file__).resolve().parents[2] / "examples" / "scale-1024.yaml"
-    services = load_config(str(example)).services[:50]
-    dump = _chunk_pickler()
-    chunks = [dump(svc) for svc in services]
-    assert chunks == [pickle.dumps(svc, pickle.HIGHEST_PROTOCOL) for svc in services]
-    assert [pickle.loads(c) for c in chunks] == list(services)
