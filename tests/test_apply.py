@@ -493,3 +493,16 @@ def test_a_run_pauses_the_cyclic_gc_and_gives_it_back(tmp_path):
     assert report["verified"] and seen == [False] and gc.isenabled()
     cfg.write_text("services: [")
     assert apply_config(request, lambda: b, Out())["errors"] and gc.isenabled()
+
+
+@settings(max_examples=100, deadline=None)
+@given(kinds=st.lists(st.sampled_from(["service", "dest", "address", "sysctl", "nft", "link"]),
+                      max_size=30))
+def test_groups_are_the_runs_of_ops_for_one_backend(kinds):
+    from itertools import groupby
+
+    from pask_ipvs.apply import _backend_of, _groups
+
+    ops = [Op("add", kind, f"{kind}{i}") for i, kind in enumerate(kinds)]
+    assert _groups(ops) == [list(g) for _, g in groupby(ops, key=_backend_of)]
+    assert [op for g in _groups(ops) for op in g] == ops
