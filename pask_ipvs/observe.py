@@ -115,7 +115,9 @@ def observe_ipvs_by_digests(desired: Desired, backends: Backends, *, stats: bool
         elif key in fresh.services:            # else: gone since the digests were read
             out.services[key] = fresh.services[key]
     matched = out.services.keys() - decoded
-    if matched:
+    if matched == desired.services.keys():     # the usual verify: all there, all equal
+        out.dests = dict(desired.dests)
+    elif matched:
         out.dests = {dkey: d for dkey, d in desired.dests.items() if dkey.service in matched}
     out.dests.update(fresh.dests)
     if fresh.service_digests is None:
