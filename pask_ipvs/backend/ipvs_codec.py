@@ -31,7 +31,6 @@ import struct
 
 from ..objects import (
     FWD_MASQ, FWD_ROUTE, FWD_TUNNEL, DestStats, IpvsDest, IpvsService, ServiceKey, Stats, SyncDaemon,
-    family_of,
 )
 from .netlink import (
     ADDR_LEN, FLAGS_STRUCT, GENL_HDR, Header, MSG_HDR, NLA_F_NESTED, NLA_LEN_ADDR,
@@ -322,8 +321,10 @@ class IpvsEncoder:
         if addr_af is None:
             if len(self._addr) > _MEMO_MAX:
                 self._addr.clear()
-            af = family_of(dest.addr)
-            addr_af = self._addr[dest.addr] = (addr_to_wire(af, dest.addr), AF_TO_WIRE[af])
+            # inet_pton's 4 or 16 bytes: the structs' "16s" pads an IPv4 address with zeros
+            # as addr_to_wire does
+            family = socket.AF_INET6 if ":" in dest.addr else socket.AF_INET
+            addr_af = self._addr[dest.addr] = (socket.inet_pton(family, dest.addr), family)
         addr, family = addr_af
         if cmd == IPVS_CMD_DEL_DEST:
             body = _DEST_KEY.pack(
