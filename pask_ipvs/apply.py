@@ -94,8 +94,11 @@ def _run_group(group: list[Op], backends: Backends, result: ApplyResult) -> list
     batched = {"ipvs": backends.ipvs, "address": backends.addr}.get(_backend_of(group[0]))
     if batched is not None:  # a thousand VIPs or 30k dests: one batch, not one call each
         errors = batched.apply(group)
-        failed = {id(e.op) for e in errors}
-        result.applied.extend(op for op in group if id(op) not in failed)
+        if errors:
+            failed = {id(e.op) for e in errors}
+            result.applied.extend(op for op in group if id(op) not in failed)
+        else:
+            result.applied.extend(group)
         return errors
     for op in group:
         try:

@@ -7,7 +7,9 @@ traffic) is swapped between the two. Only objects pask owns are ever changed.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Iterable, NamedTuple
 
 from .objects import DestKey, Desired, NftTable, Observed
@@ -41,6 +43,7 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("address", DELETE),
 )
 _PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
+_ACTION = attrgetter("action")
 
 
 class Op(NamedTuple):
@@ -97,8 +100,7 @@ class Plan:
 
     def counts(self) -> dict[str, int]:
         out = {ADD: 0, SET: 0, DELETE: 0, REPLACE: 0}
-        for op in self.ops:
-            out[op.action] += 1
+        out.update(Counter(map(_ACTION, self.ops)))     # counted in C: a cold plan has 34k ops
         return out
 
 

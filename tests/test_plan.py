@@ -212,3 +212,12 @@ def test_ops_are_values_and_invert():
     assert op.inverse().inverse() == Op("add", "dest", "x", None, 1, "rollback", "web")
     assert Op("set", "dest", "x", 1, 2).inverse() == Op("set", "dest", "x", 2, 1, "rollback")
     assert Op("replace", "nft", "t").inverse() is None and Op("set", "engine", "k").inverse() is None
+
+
+def test_plan_counts_every_action_in_their_order():
+    from pask_ipvs.plan import Op, Plan
+
+    ops = (Op("add", "dest", "a"), Op("delete", "dest", "b"), Op("add", "service", "c"),
+           Op("replace", "nft", "t"), Op("add", "dest", "d"))
+    assert list(Plan(ops).counts().items()) == [("add", 3), ("set", 0), ("delete", 1), ("replace", 1)]
+    assert Plan().counts() == {"add": 0, "set": 0, "delete": 0, "replace": 0}
