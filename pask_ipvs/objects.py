@@ -44,9 +44,13 @@ def dotted_quad(text: str) -> bytes | None:
     return packed if socket.inet_ntoa(packed) == text else None
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def canonical_address(text: str) -> str:
-    """'fd00:0::1' -> 'fd00::1' (addresses are compared and keyed in this form)."""
+    """'fd00:0::1' -> 'fd00::1' (addresses are compared and keyed in this form).
+
+    The cache is for addresses a config repeats (a pool of real servers behind many
+    VIPs); 4096 entries, not 65536: a config of 33k distinct real servers kept an entry
+    for each (~4 MB) for the whole run."""
     if dotted_quad(text) is not None:
         return text
     return str(ipaddress.ip_address(text))

@@ -387,7 +387,7 @@ def _hostport(addr: IpAddress, port: int | None) -> str:
     return host if port is None else f"{host}:{port}"
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)     # repeated addresses; not one entry per real server
 def _parse_address(text: str) -> IpAddress | str:
     """The address, or why it is not one."""
     packed = dotted_quad(text)
