@@ -81,14 +81,15 @@ class DestConfigScanner:
     def scan(self, buf, nbytes: int) -> list[bytes]:
         return self.pattern.findall(buf, 0, nbytes) if self.pattern is not None else []
 
-
     def encoder(self) -> Callable[[int, list[IpvsDest]], list[bytes]] | None:
         """(service family, dests) -> the configuration bytes scan() finds in the kernel's
         replies for those dests, by the learned layout; None before a reply was learned,
         or when the layout has an attribute pask cannot write from an IpvsDest. It raises
         ValueError when a dest cannot be encoded: a forwarding method the kernel does not
-        have, a number out of range, an address inet_pton refuses for the service's family (the address family is not part of the
-        scanned bytes, so a dest of the other family is never vouched for by them).
+        have, a number out of range, an address inet_pton refuses for the service's
+        family (the address family is not part of the scanned bytes, so a dest of the
+        other family is never vouched for by them). Desired addresses are canonical (the
+        model's), so bytes equal to the kernel's decode to the very same text.
 
         One generated list comprehension per layout (as dataclasses and namedtuple
         generate code): a verify encodes every desired dest, 33k at 1024 x 32."""
