@@ -325,11 +325,27 @@ class BgpLab:
                 table[(ip, int(port))] = f[5].rsplit(":", 1)[0]
         return table
 
-    def dest_order(self, lb: str, vip: str) -> list[str]:
-        """The kernel's list of a service's real servers, in its own order (--nosort)."""
+    def dests(self, lb: str, vip: str) -> list[tuple[str, int]]:
+        """The kernel's list of a service's real servers, in its own order (--nosort), with
+        their weights: what its mh table is built from."""
         out = run(["ipvsadm", "-Ln", "--nosort", "-t", f"{vip}:{PORT}"], ns=lb).stdout
-        return [line.split()[1].rsplit(":", 1)[0] for line in out.splitlines() if line.strip().startswith("->")
-                and line.split()[1][0].isdigit()]
+        return [(f[1].rsplit(":", 1)[0], int(f[3])) for f in (line.split() for line in out.splitlines())
+                if len(f) >= 4 and f[0] == "->" and f[1][0].isdigit()]
+
+    def dest_order(self, lb: str, vip: str) -> list[str]:
+        return [addr for addr, _ in self.dests(lb, vip)]
+
+    def wait_same_tables(self, vips: Iterable[str], timeout: float = 120) -> dict:
+        """Until every LB lists the same real servers, in the same order, at the same
+        non-zero weights, for each of ``vips`` (so every LB's mh table is the same)."""
+        def agreed() -> dict:
+            v = {(lb, vip): self.dests(lb, vip) for lb in LBS for vip in vips}
+            if not all(v[(lb, vip)] == v[(LBS[0], vip)] and v[(lb, vip)] and
+                       all(w > 0 for _, w in v[(lb, vip)]) for lb in LBS for vip in vips):
+                raise AssertionError(f"the LBs' real servers differ: {v}")
+            return v
+
+        return wait_for(agreed, timeout=timeout, interval=0.5, what="every LB's real servers to agree")
 
 
 def who_from(src: str, port: int, vip: str) -> str:
