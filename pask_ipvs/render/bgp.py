@@ -12,10 +12,10 @@ withdraws only the routes that changed). The BGP side of it is in docs/kernel-fa
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from ..objects import Engine, EngineFile, family_of
+from .engine_dir import EngineDir
 
 if TYPE_CHECKING:
     from ..bgp_config import Bgp, BgpNeighbor
@@ -30,16 +30,10 @@ CONNECT_RETRY_S = 5       # BIRD's default is 120 s: an LB that comes back would
 ERROR_WAIT_S = (5, 30)    # after a session error, wait this long (doubling up to the second)
 
 
-@dataclass(frozen=True)
-class BgpPaths:
-    """Where this LB's BIRD keeps its files: beside the state file, so several LBs on one
-    machine (the lab's namespaces) never share one."""
+class BgpPaths(EngineDir):
+    """This LB's BIRD files."""
 
-    dir: str
-
-    @staticmethod
-    def for_state_file(state_file: str) -> BgpPaths:
-        return BgpPaths(os.path.join(os.path.dirname(os.path.abspath(state_file)), ENGINE_DIR_NAME))
+    NAME = ENGINE_DIR_NAME
 
     @property
     def conf(self) -> str:
