@@ -47,14 +47,21 @@ def preflight(desired: Desired, backends: Backends) -> list[str]:
             problems.append(f"sysctl {key} does not exist: is the ip_vs module loaded?")
     if desired.engines:
         if backends.engines is None:
-            problems.append("ha: needs a backend that runs daemons, and this one cannot")
+            problems.append(f"{_section(desired.engines)}: needs a backend that runs daemons, "
+                            "and this one cannot")
         else:
             programs = dict.fromkeys([*desired.engines, *(n for e in desired.engines.values()
                                                           for n in e.needs)])
             for name, package in sorted(backends.engines.missing(programs).items()):
-                problems.append(f"ha: needs {name}, which is not installed: install the Debian "
+                problems.append(f"{_section(desired.engines)}: needs {name}, which is not installed: "
+                                f"install the Debian "
                                 f"package {package} (apt-get install {package})")
     return problems
+
+
+def _section(engines) -> str:
+    """The config section that asks for these engines (bird: bgp; the others: ha)."""
+    return "bgp" if "bird" in engines else "ha"
 
 
 @dataclass

@@ -9,6 +9,10 @@ DEFAULT_HA_ADVERT_INTERVAL = 1
 DEFAULT_HA_PREEMPT = False
 DEFAULT_HA_PREEMPT_DELAY = 10     # s a returning node waits (and syncs) before it takes over
 DEFAULT_HA_SYNC_CONNECTIONS = True
+# bgp: (scale-out behind ECMP, docs/design.md "bgp")
+DEFAULT_BGP_HOLD_TIME = 3         # s: a dead LB leaves the routers' ECMP set within it
+DEFAULT_BGP_ANNOUNCE = "healthy"
+DEFAULT_BGP_TAKEOVER = True       # flows moved to another LB keep their real server
 DEFAULT_PROTOCOL = "tcp"
 DEFAULT_SCHEDULER = "wlc"
 DEFAULT_NAT_MODE = "dest-nat"

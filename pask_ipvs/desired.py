@@ -150,6 +150,9 @@ def expand(config: Config, fwmarks: Mapping[str, int],
     if config.ha is not None:
         from .ha import sync_daemons
         desired.sync_daemons = sync_daemons(config.ha)
+    if config.bgp is not None:
+        from .bgp_expand import expand_bgp
+        expand_bgp(config, desired)
     return desired
 
 

@@ -18,6 +18,7 @@ from .defaults import (
     DEFAULT_PROTOCOL, DEFAULT_SCHEDULER, DEFAULT_STATE, DEFAULT_VIP_INTERFACE, DEFAULT_WEIGHT,
     HEALTH_PARAMS,
 )
+from .bgp_config import Bgp, build_bgp
 from .objects import canonical_address, canonical_network, family_of, split_listen
 
 
@@ -231,6 +232,7 @@ class Config:
     drain_timeout: int = 0          # seconds a removed server drains at weight 0 before deletion; 0 = delete at once
     metrics: Metrics | None = None
     ha: Ha | None = None
+    bgp: Bgp | None = None          # scale-out behind ECMP (bgp_config.py)
     source: str = "<config>"        # file name, for messages
 
     def service(self, name: str) -> Service:
@@ -379,6 +381,7 @@ def build_model(data: dict, source: str) -> Config:
         drain_timeout=int(data.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
         metrics=build_metrics(data.get("metrics")),
         ha=build_ha(data.get("ha")),
+        bgp=build_bgp(data.get("bgp")),
         source=source,
     )
 

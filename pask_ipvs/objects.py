@@ -362,6 +362,9 @@ class Desired:
     retired_sync: frozenset[SyncDaemon] = frozenset()
     retired_engines: dict[str, Engine] = field(default_factory=dict)
     retired_vips: frozenset[VipAddress] = frozenset()              # pask's, to take back
+    # bgp: services whose dests the kernel must list in one canonical order (the mh table
+    # depends on it): key -> (dest key, table weight) in the order pask adds them
+    canonical_dests: dict[ServiceKey, tuple[tuple[DestKey, int], ...]] = field(default_factory=dict)
 
 
 @dataclass

@@ -202,6 +202,9 @@ def _plan(request: ApplyRequest, out: Output, report: dict, config: "Config", st
     health = parse_health(health_raw, request.health_file)
     fwmarks = fwmarks_for(config, state.fwmarks)
     desired = expand(config, fwmarks, health)
+    if config.bgp is not None:           # BIRD, with the VIPs announced now
+        from .bgp import engines
+        desired.engines.update(engines(config, request.state_file, health))
     try:
         ha_problems = _ha_desired(request, config, state, desired, backends)
         if ha_problems:

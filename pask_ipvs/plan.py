@@ -16,6 +16,7 @@ from .objects import DestKey, Desired, NftTable, Observed
 from .state import PaskState
 
 ADD, SET, DELETE, REPLACE = "add", "set", "delete", "replace"
+REORDER = "mh order"     # the reason of ops that put an mh service's dests in canonical order
 IPVS_KINDS = ("service", "dest")        # op kinds the IPVS backend runs
 SYMBOLS = {ADD: "+", SET: "~", DELETE: "-", REPLACE: "±"}
 
@@ -67,6 +68,8 @@ class Op(NamedTuple):
 
     @property
     def phase(self) -> int:
+        if self.reason == REORDER:    # a re-add's delete runs among the adds, in its turn
+            return _PHASE_INDEX[(self.kind, ADD)]
         return _PHASE_INDEX[(self.kind, self.action)]
 
     def inverse(self) -> "Op | None":
@@ -182,10 +185,45 @@ def diff(desired: Desired, observed: Observed, state: PaskState | None = None,
         if have is not None:
             ops.append(Op(DELETE, "service", str(key), have, None, service=names[key]))
 
+    if desired.canonical_dests:
+        ops = canonical_dest_ops(ops, desired, observed)
     ops.extend(_nft_ops(desired.nft, observed, state))
     ops.extend(sync_ops(desired, observed))
     ops.extend(engine_ops(desired, observed))
     return Plan(ordered(ops), draining)
+
+
+def canonical_dest_ops(ops: list[Op], desired: Desired, observed: Observed) -> list[Op]:
+    """The dest adds of services whose kernel list must be in canonical order (mh behind
+    bgp: mh_order.py), in that order, with the re-adds that put misplaced dests back.
+    Each dest goes in at its table weight (the kernel builds the mh table from the last
+    non-zero weight), then down to a weight of 0 if it must be (down, disabled, backup)."""
+    from .mh_order import insertions
+
+    kernel_order: dict = {}
+    for dkey in observed.ipvs.dests:            # the kernel's list order, head first
+        kernel_order.setdefault(dkey.service, []).append(dkey)
+    out: list[Op] = []
+    moved: set[DestKey] = set()
+    for key, table in desired.canonical_dests.items():
+        if key not in desired.services:
+            continue
+        weights = dict(table)
+        name = desired.owners.get(key, "")
+        for dkey in insertions([k for k, _ in table], kernel_order.get(key, ())):
+            moved.add(dkey)
+            want = desired.dests[dkey]
+            have = observed.ipvs.dests.get(dkey)
+            slots = want._replace(weight=weights[dkey] or want.weight)
+            if have is not None:
+                out.append(Op(DELETE, "dest", dest_label(dkey), have, None, REORDER, name))
+            out.append(Op(ADD, "dest", dest_label(dkey), None, slots,
+                          REORDER if have is not None else "", name))
+            if slots != want:
+                out.append(Op(SET, "dest", dest_label(dkey), slots, want, "mh slots", name))
+    kept = [op for op in ops if not (op.kind == "dest" and op.action in (ADD, SET)
+                                     and (op.after.key in moved))]
+    return kept + out
 
 
 def sync_ops(desired: Desired, observed: Observed) -> list[Op]:

@@ -837,4 +837,7 @@ def semantic_issues(data: object, lines: Lines) -> list[Issue]:
         checker.services(data["services"])
     if isinstance(data, dict) and "ha" in data:
         checker.issues.extend(ha_issues(data, lines))
+    if isinstance(data, dict) and "bgp" in data:
+        from .bgp_rules import bgp_issues
+        bgp_issues(data, lines, checker)
     return checker.issues

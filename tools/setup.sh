@@ -21,7 +21,7 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
 PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd kmod file
           ipvsadm nftables libnftables1 iproute2 curl procps python3-venv python3-dev
-          keepalived conntrackd systemd
+          keepalived conntrackd systemd bird2
           vsftpd tftpd-hpa tftp-hpa conntrack)   # application tests: real FTP/TFTP servers and clients
 
 # ---- 1. Debian packages ------------------------------------------------------
@@ -38,7 +38,7 @@ else
     say "apt-get update"
     apt-get update
     say "apt-get install -y --no-install-recommends ${PACKAGES[*]}"
-    # Daemons installed for the tests (vsftpd, tftpd-hpa, keepalived) must not start on
+    # Daemons installed for the tests (vsftpd, tftpd-hpa, keepalived, bird2) must not start on
     # this host: the tests start them in their own network namespaces.
     policy=/usr/sbin/policy-rc.d
     own_policy=0

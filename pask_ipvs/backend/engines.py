@@ -21,7 +21,8 @@ from ..objects import Engine, EngineFile, EngineObserved
 from .base import BackendError
 
 # engine -> the Debian package that has its program
-PACKAGES = {"keepalived": "keepalived", "conntrackd": "conntrackd", "conntrack": "conntrack"}
+PACKAGES = {"keepalived": "keepalived", "conntrackd": "conntrackd", "conntrack": "conntrack",
+            "bird": "bird2"}
 START_TIMEOUT_S = 60.0          # the test VM runs ~10x slower than hardware
 STOP_TIMEOUT_S = 30.0
 UNIT_PREFIX = "pask-"

@@ -261,7 +261,9 @@ class FakeIpvs:
         if action == "add":
             if have is not None:
                 return errno.EEXIST
-            dests[dest.key] = dest
+            # the kernel links a new dest at the head of the service's list (list_add_rcu),
+            # and dumps the list in order: the newest dest comes first
+            self.dests[dest.service] = {dest.key: dest, **dests}
             self.dest_stats.pop(dest.key, None)
             return 0
         if have is None:

@@ -126,11 +126,15 @@ def main(argv: list[str] | None = None, *, backends: "Callable[[], Backends] | N
         backends = real_backends
     nofile = _raise_nofile()
     inflight = max(16, min(MAX_INFLIGHT, (nofile - 64) // 2))
-    daemon = HealthDaemon(config, backends(), fwmarks=fwmarks,
+    kernel = backends()
+    from ..health.announce import BgpAnnouncer     # bgp: withdraws a VIP without usable servers
+    announcer = BgpAnnouncer(kernel.engines, args.state_file, log)
+    daemon = HealthDaemon(config, kernel, fwmarks=fwmarks,
                           health_file=args.health_file,
                           previous=load_previous_health(args.health_file, log),
                           log=log, max_inflight=inflight,
-                          loader=lambda: load_inputs(args.config, args.state_file, cache))
+                          loader=lambda: load_inputs(args.config, args.state_file, cache),
+                          announcer=announcer)
     try:
         daemon.observe()
     except Exception as e:
@@ -155,7 +159,11 @@ def main(argv: list[str] | None = None, *, backends: "Callable[[], Backends] | N
         loop.add_signal_handler(signal.SIGTERM, daemon.stop)
         loop.add_signal_handler(signal.SIGINT, daemon.stop)
         loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
-        await daemon.serve()
+        watch = asyncio.create_task(announcer.watch(daemon))
+        try:
+            await daemon.serve()
+        finally:
+            watch.cancel()
 
     asyncio.run(run())
     log("stop", message="kernel left as it is")

@@ -283,6 +283,8 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
             return None
         if "ha" in head_data:   # ha's rules tie each VIP to the head: items cached under another head may break them
             return None
+        if "bgp" in head_data:  # as ha: bgp's rules tie each service's mode and scheduler to the head
+            return None
         head_doc = {**head_data, "services": []}
         if validate(head_doc, NO_LINES, path):
             return None

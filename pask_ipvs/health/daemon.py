@@ -71,8 +71,10 @@ class HealthDaemon:
                  clock: Callable[[], float] = time.time, probe: ProbeFn = run_probe,
                  expand=None, execute=None, log: EventLog | None = None,
                  rng: random.Random | None = None, max_inflight: int = MAX_INFLIGHT,
-                 loader: Callable[[], tuple[Config, Mapping[str, int]]] | None = None):
+                 loader: Callable[[], tuple[Config, Mapping[str, int]]] | None = None,
+                 announcer=None):
         self.backends = backends
+        self.announcer = announcer             # bgp: health/announce.py BgpAnnouncer
         self.loader = loader
         self.health_file = health_file
         self.clock = clock
@@ -306,7 +308,16 @@ class HealthDaemon:
             self.log("health_file_error", level="error", file=self.health_file, error=str(e))
 
     def flush(self) -> bool:
-        """Health file first, then the kernel. True when nothing is left to do."""
+        """Health file first, then the kernel, then (bgp) the VIPs announced. True when
+        nothing is left to do."""
+        changed = self.health_dirty or bool(self.dirty)
+        try:
+            return self._flush()
+        finally:
+            if changed and self.announcer is not None:
+                self.announcer.update(self.config, self.machine.up_map())
+
+    def _flush(self) -> bool:
         if self.health_dirty:
             self.write_health()
         if not self.dirty:

@@ -8,10 +8,10 @@ The kernel-side facts these follow are in docs/kernel-facts.md "An active/standb
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..objects import Engine, EngineFile, VipAddress, family_of
+from .engine_dir import EngineDir
 
 if TYPE_CHECKING:
     from ..model import Ha, HaNode
@@ -21,16 +21,10 @@ ENGINE_DIR_NAME = "ha"
 HEADER = "# Rendered by pask-apply (the config's ha:) for node {node}: do not edit, pask-apply rewrites it.\n"
 
 
-@dataclass(frozen=True)
-class EnginePaths:
-    """Where a node's engines keep their files: beside the state file, so two nodes on one
-    machine (the lab's namespaces) never share one."""
+class EnginePaths(EngineDir):
+    """A node's HA engine files (keepalived, its notify script, conntrackd)."""
 
-    dir: str
-
-    @staticmethod
-    def for_state_file(state_file: str) -> EnginePaths:
-        return EnginePaths(os.path.join(os.path.dirname(os.path.abspath(state_file)), ENGINE_DIR_NAME))
+    NAME = ENGINE_DIR_NAME
 
     def __getattr__(self, name: str) -> str:
         files = {"keepalived_conf": "keepalived.conf", "keepalived_pid": "keepalived.pid",
