@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .backend.base import Backends
-from .objects import Desired, IpvsObserved, Observed, ServiceKey
+from .objects import DestKey, Desired, IpvsDest, IpvsObserved, Observed, ServiceKey
 from .plan import IPVS_KINDS, Op
 
 # after an apply, IPVS is re-read only for the services the apply touched, unless they are
@@ -89,17 +89,21 @@ def observe_ipvs_by_digests(desired: Desired, backends: Backends, *, stats: bool
     """The whole IPVS table as ``backends.ipvs.observe`` reads it, at the cost of digests:
     the kernel's digest of each service (service_digests: no dest decoded) is compared with
     the digest of the desired service and dests (expected_digests: encoded as the kernel
-    reports them). A service whose digests are equal holds exactly what ``desired`` says,
-    so its objects are ``desired``'s own; every other service of the kernel (changed,
+    reports them, listed as the kernel lists dests a plan added: newest first). A service
+    whose digests are equal holds exactly what ``desired`` says, in that order, so its
+    objects are ``desired``'s own; every other service of the kernel (changed, reordered,
     foreign, not pask's any more) and those ``also`` names are read and decoded
-    (observe_services). The services and dests equal observe()'s; the counters are read
-    for the decoded services only (a diff needs those of dests it may delete, and drain).
-    None when the backend cannot make either digest: the caller reads whole."""
+    (observe_services). The services and dests, and each service's dest order, equal
+    observe()'s; the counters are read for the decoded services only (a diff needs those
+    of dests it may delete, and drain). None when the backend cannot make either digest:
+    the caller reads whole."""
     ipvs = backends.ipvs
     have = ipvs.service_digests()
     if have is None:
         return None
-    want = ipvs.expected_digests(desired.services, desired.dests.values())
+    added = _dests_as_added(desired)
+    want = ipvs.expected_digests(desired.services,
+                                 [d for dests in added.values() for _, d in dests])
     if want is None:
         return None
     also = set(also)
@@ -111,14 +115,10 @@ def observe_ipvs_by_digests(desired: Desired, backends: Backends, *, stats: bool
     for key, digest in have.items():          # the kernel's order, as observe() gives it
         if key not in decoded:
             out.services[key] = desired.services[key]
+            out.dests.update(reversed(added.get(key, ())))     # the kernel's: newest first
             digests[key] = digest
         elif key in fresh.services:            # else: gone since the digests were read
             out.services[key] = fresh.services[key]
-    matched = out.services.keys() - decoded
-    if matched == desired.services.keys():     # the usual verify: all there, all equal
-        out.dests = dict(desired.dests)
-    elif matched:
-        out.dests = {dkey: d for dkey, d in desired.dests.items() if dkey.service in matched}
     out.dests.update(fresh.dests)
     if fresh.service_digests is None:
         digests = None
@@ -126,4 +126,16 @@ def observe_ipvs_by_digests(desired: Desired, backends: Backends, *, stats: bool
         digests.update(fresh.service_digests)
         digests = {key: digests[key] for key in out.services if key in digests}
     out.service_digests = digests
+    return out
+
+
+def _dests_as_added(desired: Desired) -> dict[ServiceKey, list[tuple[DestKey, IpvsDest]]]:
+    """Each desired service's dests in the order a plan adds them (diff: the config's
+    order; bgp's mh services: their canonical order, plan.canonical_dest_ops)."""
+    out: dict[ServiceKey, list[tuple[DestKey, IpvsDest]]] = {}
+    for dkey, dest in desired.dests.items():
+        out.setdefault(dkey.service, []).append((dkey, dest))
+    for key, table in desired.canonical_dests.items():
+        if key in out:
+            out[key] = [(dkey, desired.dests[dkey]) for dkey, _ in table]
     return out

@@ -109,8 +109,10 @@ class Plan:
 
 def ordered(ops: Iterable[Op]) -> tuple[Op, ...]:
     # sort is stable: within a phase, ops keep the order they were produced in
-    phase = _PHASE_INDEX
-    return tuple(sorted(ops, key=lambda op: phase[op.kind, op.action]))
+    return tuple(sorted(ops, key=_PHASE))
+
+
+_PHASE = attrgetter("phase")      # Op.phase: a re-add's delete (REORDER) among the adds
 
 
 def diff(desired: Desired, observed: Observed, state: PaskState | None = None,

@@ -451,6 +451,13 @@ def test_property_the_table_by_digests_equals_a_full_observe(first, second):
     assert got == full and got.service_digests == full.service_digests
     assert list(got.services) == list(full.services)          # in the kernel's order
 
+    def listing(observed):           # each service's dests as the kernel lists them
+        out = {}
+        for dkey in observed.dests:
+            out.setdefault(dkey.service, []).append(dkey)
+        return out
+    assert listing(got) == listing(full)
+
 
 def test_outcome_is_verified_only_when_the_apply_succeeded_and_nothing_remains():
     from pask_ipvs.apply import ApplyResult

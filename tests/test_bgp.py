@@ -529,3 +529,33 @@ def test_a_stopped_bird_is_reported_once(tmp_path):
     for _ in range(3):
         announcer.update(with_bgp(mh()), {}, force=True)
     assert log.stream.getvalue().count("bgp_not_running") == 1
+
+
+def test_a_cold_apply_is_verified_by_digests_of_the_kernels_order(tmp_path, capsys):
+    """Verify reads an mh service by digests made in the order the kernel lists what the
+    plan added (newest first): nothing to decode after a cold apply."""
+    lb = LB(tmp_path)
+    lb.apply(servers_text("10.99.5.13", "10.99.5.11", "10.99.5.12"), capsys=capsys)
+    ipvs = lb.kernel.ipvs
+    assert ipvs.expected_digest_calls == 1 and ipvs.observe_services_calls == []
+    assert lb.order() == ["10.99.5.13", "10.99.5.12", "10.99.5.11"]
+
+
+def test_verify_by_digests_sees_an_mh_list_in_another_order(tmp_path, capsys, monkeypatch):
+    """Every dest right but the kernel's list in another order: the digest differs, that
+    service is decoded, and verify reports the re-adds a full read-back would."""
+    lb = LB(tmp_path)
+    real_apply = lb.kernel.ipvs.apply
+
+    def apply_then_reverse(ops):
+        errors = real_apply(ops)
+        dests = lb.kernel.ipvs.dests.get(WEB)
+        if dests:
+            lb.kernel.ipvs.dests[WEB] = dict(reversed(dests.items()))
+        return errors
+
+    monkeypatch.setattr(lb.kernel.ipvs, "apply", apply_then_reverse)
+    out = lb.apply(servers_text("10.99.5.13", "10.99.5.11", "10.99.5.12"), expect=1, capsys=capsys)
+    assert "verify: the kernel still differs from the config after apply" in out
+    assert "(mh order)" in out
+    assert lb.kernel.ipvs.observe_services_calls == [[WEB]]

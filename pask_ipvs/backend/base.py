@@ -46,7 +46,8 @@ class IpvsBackend(Protocol):
     def expected_digests(self, services: Mapping[ServiceKey, IpvsService],
                          dests: Iterable[IpvsDest]) -> dict[ServiceKey, bytes] | None:
         """Service -> the digest service_digests() gives for a kernel that holds exactly
-        ``services`` with ``dests`` (verify compares the two instead of decoding the table).
+        ``services`` with ``dests``, each service's dests added in the order given (the
+        kernel lists them newest first; verify compares the two instead of decoding).
         None when this backend cannot make them; a service it cannot vouch for is left out.
         Call after service_digests(): the kernel backend learns the reply layout there."""
 

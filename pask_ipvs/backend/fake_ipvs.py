@@ -98,9 +98,10 @@ class FakeIpvs:
 
     def expected_digests(self, services: Mapping[ServiceKey, IpvsService],
                          dests: Iterable[IpvsDest]) -> dict[ServiceKey, bytes] | None:
-        """What service_digests() would give for a table holding exactly these (as the
-        kernel backend makes it: a service with a dest of another family than its own is
-        left out, since the kernel's scanned bytes do not carry a dest's family)."""
+        """What service_digests() would give for a table holding exactly these, each
+        service's dests added in the order given (the fake lists the newest first, as the
+        kernel does). As the kernel backend makes it: a service with a dest of another
+        family than its own is left out (the kernel's scanned bytes lack the family)."""
         self.expected_digest_calls += 1
         return scan.expected_digests(services, dests, _expected_dest_configs)
 

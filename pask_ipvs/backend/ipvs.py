@@ -251,7 +251,8 @@ class IpvsNetlink:
     def expected_digests(self, services: Mapping[ServiceKey, IpvsService],
                          dests: Iterable[IpvsDest]) -> dict[ServiceKey, bytes] | None:
         """What service_digests() gives for a kernel holding exactly ``services`` with
-        ``dests``, made without reading the kernel: each dest encoded the way this kernel's
+        ``dests``, each service's added in the order given (so listed newest first), made
+        without reading the kernel: each dest encoded the way this kernel's
         dest replies carry it (the layout DestConfigScanner learned from the first reply
         it saw). None before any reply was seen, or when the layout has attributes pask
         cannot write; a service whose dests cannot all be encoded is left out."""

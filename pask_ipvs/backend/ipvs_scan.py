@@ -155,24 +155,25 @@ _DEST_VALUE_EXPRS = {
 
 
 def service_digest(svc: IpvsService, dest_configs: list[bytes]) -> bytes:
-    """A digest of one service's configuration and its dests' (sorted: the kernel lists a
-    service's dests newest first, which says nothing of what it holds, and a digest made
-    from the config cannot know that order)."""
+    """A digest of one service's configuration and its dests' (in the kernel's order: with
+    bgp the order of an mh service's list is part of what it holds, mh_order.py)."""
     import hashlib
 
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{svc.key!r}|{svc.scheduler}|{','.join(sorted(svc.flags))}|{svc.timeout}|"
              f"{svc.netmask}|{len(dest_configs)}|".encode())
-    h.update(b"".join(sorted(dest_configs)))
+    h.update(b"".join(dest_configs))
     return h.digest()
 
 
 def expected_digests(services: Mapping[ServiceKey, IpvsService], dests: Iterable[IpvsDest],
                      encode: Callable[[int, list[IpvsDest]], list[bytes]]) -> dict[ServiceKey, bytes]:
     """service -> the service_digest of a kernel holding exactly ``services`` with ``dests``,
-    the dests' bytes made by ``encode`` (service family, dests); a service with a dest
-    ``encode`` refuses (ValueError) is left out. A dest of a service not in ``services``
-    is ignored."""
+    each service's dests given in the order they were added: the kernel links a new dest
+    at the head of its service's list and dumps the list from there, so the digest is
+    made over them newest first. The dests' bytes are made by ``encode`` (service family,
+    dests); a service with a dest ``encode`` refuses (ValueError) is left out. A dest of
+    a service not in ``services`` is ignored."""
     configs: dict[ServiceKey, list[bytes]] = {key: [] for key in services}
     refused: set[ServiceKey] = set()
     for key, group in groupby(dests, key=attrgetter("service")):   # a service's dests come together
@@ -183,5 +184,5 @@ def expected_digests(services: Mapping[ServiceKey, IpvsService], dests: Iterable
             out += encode(key.af, list(group))
         except ValueError:
             refused.add(key)
-    return {key: service_digest(svc, configs[key]) for key, svc in services.items()
+    return {key: service_digest(svc, configs[key][::-1]) for key, svc in services.items()
             if key not in refused}

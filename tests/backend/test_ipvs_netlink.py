@@ -218,7 +218,8 @@ def test_the_fake_fingerprints_like_its_observe(table):
 
 def test_expected_digests_are_what_the_kernel_digests_once_a_reply_was_seen(table):
     backend = backend_on(KernelSocket(table))
-    dests = [d for ds in table.dests.values() for d in ds.values()]
+    # in the order they would have been added for each service's list to read as it does
+    dests = [d for ds in table.dests.values() for d in reversed(ds.values())]
     assert backend.expected_digests(table.services, dests) is None     # no layout learned yet
     have = backend.service_digests()
     assert backend.expected_digests(table.services, dests) == have
