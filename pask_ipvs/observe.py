@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from .backend.base import Backends
 from .objects import DestKey, Desired, IpvsDest, IpvsObserved, Observed, ServiceKey
@@ -21,6 +21,21 @@ def observe(desired: Desired, backends: Backends, *, stats: bool = False) -> Obs
     the net.ipv4.vs.* sysctls read after it.
     """
     return _observe_rest(desired, backends, backends.ipvs.observe(stats=stats))
+
+
+def observe_to_plan(desired: Desired, backends: Backends, *, stats: bool = False,
+                    also: Iterable[ServiceKey] = ()) -> Observed:
+    """What ``observe`` reads, with IPVS read by digests (observe_ipvs_by_digests): the
+    services the kernel holds exactly as ``desired`` says are not decoded, every other
+    one is (changed in the config, drifted, foreign, no longer pask's, and those
+    ``also`` names: draining). The plan made from it is observe()'s plan: a service
+    left undecoded gives no op either way, and every one that may give an op (or whose
+    counters a drain needs) is decoded. Whole (observe) when the backend cannot make
+    the digests."""
+    ipvs = observe_ipvs_by_digests(desired, backends, stats=stats, also=also)
+    if ipvs is None:
+        ipvs = backends.ipvs.observe(stats=stats)
+    return _observe_rest(desired, backends, ipvs)
 
 
 def _observe_rest(desired: Desired, backends: Backends, ipvs: IpvsObserved) -> Observed:
@@ -101,9 +116,12 @@ def observe_ipvs_by_digests(desired: Desired, backends: Backends, *, stats: bool
     have = ipvs.service_digests()
     if have is None:
         return None
-    added = _dests_as_added(desired)
-    want = ipvs.expected_digests(desired.services,
-                                 [d for dests in added.values() for _, d in dests])
+    if not have:           # an empty table (a cold apply): nothing to compare, or to encode
+        return IpvsObserved()
+    services = desired.services
+    both = {key: services[key] for key in have if key in services}
+    added = _dests_as_added(desired, both)
+    want = ipvs.expected_digests(both, [d for dests in added.values() for _, d in dests])
     if want is None:
         return None
     also = set(also)
@@ -129,12 +147,15 @@ def observe_ipvs_by_digests(desired: Desired, backends: Backends, *, stats: bool
     return out
 
 
-def _dests_as_added(desired: Desired) -> dict[ServiceKey, list[tuple[DestKey, IpvsDest]]]:
-    """Each desired service's dests in the order a plan adds them (diff: the config's
-    order; bgp's mh services: their canonical order, plan.canonical_dest_ops)."""
+def _dests_as_added(desired: Desired, services: Mapping[ServiceKey, object]
+                    ) -> dict[ServiceKey, list[tuple[DestKey, IpvsDest]]]:
+    """The dests of each of ``services`` (desired ones) in the order a plan adds them
+    (diff: the config's order; bgp's mh services: their canonical order,
+    plan.canonical_dest_ops)."""
     out: dict[ServiceKey, list[tuple[DestKey, IpvsDest]]] = {}
     for dkey, dest in desired.dests.items():
-        out.setdefault(dkey.service, []).append((dkey, dest))
+        if dkey.service in services:
+            out.setdefault(dkey.service, []).append((dkey, dest))
     for key, table in desired.canonical_dests.items():
         if key in out:
             out[key] = [(dkey, desired.dests[dkey]) for dkey, _ in table]

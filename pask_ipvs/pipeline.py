@@ -195,7 +195,7 @@ def _plan(request: ApplyRequest, out: Output, report: dict, config: "Config", st
     from .desired import expand
     from .fwmarks import fwmarks_for
     from .health_file import parse_health
-    from .observe import observe
+    from .observe import observe_to_plan
     from .plan import diff
     from .render.text import op_json, plan_text
 
@@ -209,7 +209,9 @@ def _plan(request: ApplyRequest, out: Output, report: dict, config: "Config", st
         ha_problems = _ha_desired(request, config, state, desired, backends)
         if ha_problems:
             return None, ha_problems + ["nothing was changed"]
-        observed = observe(desired, backends, stats=config.drain_timeout > 0)
+        # IPVS by digests: one changed service of 1024 is the only one decoded
+        observed = observe_to_plan(desired, backends, stats=config.drain_timeout > 0,
+                                   also={dkey.service for dkey in state.draining})
     except BackendError as e:
         return None, [f"cannot read the kernel's state: {e}{_hint(e)}"]
     problems = preflight(desired, backends)

@@ -13,7 +13,8 @@ from pask_ipvs.backend.fake import fake_backends, kernel_writes
 from pask_ipvs.desired import expand
 from pask_ipvs.fwmarks import fwmarks_for as allocate
 from pask_ipvs.objects import DestKey, IpvsDest, IpvsService, ServiceKey
-from pask_ipvs.observe import observe, observe_after, observe_ipvs_by_digests, touched_services
+from pask_ipvs.observe import (observe, observe_after, observe_ipvs_by_digests, observe_to_plan,
+                               touched_services)
 from pask_ipvs.pipeline import reconcile as run_reconcile
 from pask_ipvs.plan import Op, diff
 from pask_ipvs.state import PaskState
@@ -126,7 +127,7 @@ def _reweigh(cfg, index: int, weight: int):
 
 
 def _run(cfg, b, state, **kw):
-    """One pask-apply run as pipeline.py makes it (observe, then reconcile); reads counted from here."""
+    """One pask-apply run made from a whole-table observe, then reconcile; reads counted from here."""
     b.ipvs.observe_calls, b.ipvs.observe_services_calls = 0, []
     b.ipvs.service_digest_calls = b.ipvs.expected_digest_calls = 0
     marks = fwmarks_for(cfg, state)
@@ -485,8 +486,8 @@ def test_a_run_pauses_the_cyclic_gc_and_gives_it_back(tmp_path):
     cfg.write_text(yaml_config(4))
     seen = []
     b = fake_backends()
-    real_observe = b.ipvs.observe
-    b.ipvs.observe = lambda stats=False: seen.append(gc.isenabled()) or real_observe(stats)
+    real_read = b.ipvs.service_digests           # the plan's first read of the kernel
+    b.ipvs.service_digests = lambda: seen.append(gc.isenabled()) or real_read()
 
     class Out:
         def info(self, msg): pass
@@ -497,7 +498,7 @@ def test_a_run_pauses_the_cyclic_gc_and_gives_it_back(tmp_path):
                            health_file=str(tmp_path / "health.json"))
     assert gc.isenabled()
     report = apply_config(request, lambda: b, Out())
-    assert report["verified"] and seen == [False] and gc.isenabled()
+    assert report["verified"] and seen and not any(seen) and gc.isenabled()
     cfg.write_text("services: [")
     assert apply_config(request, lambda: b, Out())["errors"] and gc.isenabled()
 
@@ -513,3 +514,162 @@ def test_groups_are_the_runs_of_ops_for_one_backend(kinds):
     ops = [Op("add", kind, f"{kind}{i}") for i, kind in enumerate(kinds)]
     assert _groups(ops) == [list(g) for _, g in groupby(ops, key=_backend_of)]
     assert [op for g in _groups(ops) for op in g] == ops
+
+
+# -- the plan's read by digests (observe_to_plan, what pipeline._plan reads) ------------
+
+def _plan_run(cfg, b, state, **kw):
+    """One run as pipeline.py makes it: observe_to_plan, then reconcile; reads counted."""
+    b.ipvs.observe_calls, b.ipvs.observe_services_calls = 0, []
+    b.ipvs.service_digest_calls = b.ipvs.expected_digest_calls = 0
+    marks = fwmarks_for(cfg, state)
+    desired = expand(cfg, marks)
+    observed = observe_to_plan(desired, b, stats=kw.get("drain_timeout", 0) > 0,
+                               also={dkey.service for dkey in state.draining})
+    return run_reconcile(desired, observed, state, marks, b, **kw)
+
+
+def test_one_weight_edited_decodes_only_its_service():
+    b = fake_backends()
+    cfg = many(16, 4)
+    _, _, state = reconcile(cfg, b)
+    out = _plan_run(_reweigh(cfg, 5, 7), b, state)
+    (op,) = out.plan.ops
+    assert (op.action, op.kind, op.after.weight) == ("set", "dest", 7)
+    # the plan's read: digests, that one service decoded; verify's: that service again
+    assert b.ipvs.observe_calls == 0 and b.ipvs.service_digest_calls == 1
+    assert b.ipvs.observe_services_calls == [[op.after.service], [op.after.service]]
+    assert out.result.ok and not out.remaining.changed and b.ipvs.writes > 0
+
+
+@pytest.mark.parametrize("drift", ["weight", "dest gone", "dest added", "service gone",
+                                   "scheduler", "foreign service"])
+def test_the_plans_read_by_digests_sees_drift_in_an_unchanged_service(drift):
+    """The config changed one service; another, unchanged in the config, was changed by
+    hand: its digest differs, it is decoded, and the plan repairs it as a full read would."""
+    b = fake_backends()
+    cfg = many(16, 4)
+    _, _, state = reconcile(cfg, b)
+    fake = b.ipvs
+    keys = list(fake.services)                      # the config's order (the order applied)
+    key, changed = keys[9], keys[2]
+    dkey, dest = next(iter(fake.dests[key].items()))
+    if drift == "weight":
+        fake.dests[key][dkey] = dest._replace(weight=dest.weight + 5)
+    elif drift == "dest gone":
+        del fake.dests[key][dkey]
+    elif drift == "dest added":
+        extra = dest._replace(addr="10.99.250.250")
+        fake.dests[key][extra.key] = extra
+    elif drift == "service gone":
+        del fake.services[key], fake.dests[key]
+    elif drift == "scheduler":
+        fake.services[key] = fake.services[key]._replace(scheduler="wlc")
+    else:
+        key = FOREIGN
+        fake.apply([Op("add", "service", "f", None, IpvsService(FOREIGN, "wlc")),
+                    Op("add", "dest", "f", None, IpvsDest(FOREIGN, "10.99.9.9", 80))])
+    edited = _reweigh(cfg, 2, 7)
+    desired = expand(edited, fwmarks_for(edited, state))
+    full_plan = diff(desired, observe(desired, b), state)
+    out = _plan_run(edited, b, state)
+    assert out.plan.ops == full_plan.ops and b.ipvs.observe_calls == 0
+    # decoded: the edited service, and the drifted one unless it is gone from the kernel
+    decoded = b.ipvs.observe_services_calls[0]
+    assert sorted(decoded) == sorted([changed] if drift == "service gone" else [changed, key])
+    assert out.result.ok and not out.remaining.changed
+    # the edit, and the repair: none for a foreign service (left alone); a service gone comes
+    # back with its 4 dests
+    assert len(out.plan.ops) == {"foreign service": 1, "service gone": 6}.get(drift, 2)
+    assert FOREIGN in b.ipvs.services or drift != "foreign service"
+    assert diff(desired, observe(desired, b), out.state).ops == ()
+
+
+def test_the_plans_read_by_digests_sees_a_removed_service_to_delete():
+    b = fake_backends()
+    cfg = many(8, 2)
+    _, _, state = reconcile(cfg, b)
+    smaller = replace(cfg, services=cfg.services[1:])
+    out = _plan_run(smaller, b, state)
+    assert [(op.action, op.kind) for op in out.plan.ops if op.kind in ("service", "dest")] \
+        == [("delete", "service")]
+    assert b.ipvs.observe_calls == 0 and len(b.ipvs.observe_services_calls[0]) == 1
+    assert len(b.ipvs.services) == 7 and not out.remaining.changed
+
+
+def test_a_cold_plan_on_an_empty_kernel_encodes_nothing():
+    b = fake_backends()
+    out = _plan_run(many(8, 2), b, PaskState())
+    assert out.plan.changed and not out.remaining.changed
+    # the plan's digest read found nothing: no expected digests made, nothing decoded; verify's read
+    # is the whole table by digests
+    assert b.ipvs.service_digest_calls == 2 and b.ipvs.expected_digest_calls == 1
+    assert b.ipvs.observe_calls == 0 and b.ipvs.observe_services_calls == []
+
+
+@pytest.mark.parametrize("broken", ["service_digests", "expected_digests"])
+def test_the_plans_read_falls_back_to_the_whole_table(broken, monkeypatch):
+    b = fake_backends()
+    cfg = many(8, 2)
+    _, _, state = reconcile(cfg, b)
+    if broken == "service_digests":
+        monkeypatch.setattr(b.ipvs, "service_digests", lambda: None)
+    else:
+        monkeypatch.setattr(b.ipvs, "expected_digests", lambda services, dests: None)
+    edited = _reweigh(cfg, 3, 9)
+    desired = expand(edited, fwmarks_for(edited, state))
+    full_plan = diff(desired, observe(desired, b), state)
+    out = _plan_run(edited, b, state)
+    assert b.ipvs.observe_calls >= 1 and out.plan.ops == full_plan.ops and len(out.plan.ops) == 1
+    assert out.result.ok and not out.remaining.changed
+
+
+def test_the_plans_read_decodes_draining_services_for_their_counters():
+    """A dest draining (weight 0, connections open) since an earlier run: its service is
+    unchanged and its digest may match, but its counters decide whether it goes now."""
+    b = fake_backends()
+    cfg = replace(many(4, 3), drain_timeout=600)
+    _, _, state = reconcile(cfg, b)
+    first = cfg.services[1]
+    gone = first.real_servers[0]
+    key = sorted(b.ipvs.services)[1]
+    dkey = next(k for k in b.ipvs.dests[key] if k.addr == gone.address)
+    b.ipvs.set_conns(dkey, 3)
+    fewer = replace(cfg, services=(cfg.services[0], replace(first, real_servers=first.real_servers[1:]),
+                                   *cfg.services[2:]))
+    out = _plan_run(fewer, b, state, drain_timeout=600)
+    assert [(op.action, op.reason) for op in out.plan.ops] == [("set", "drain")]
+    state = out.state
+    assert dkey in state.draining
+    # the same config again: still busy, nothing to do, but the service is read for its counters
+    out = _plan_run(fewer, b, state, drain_timeout=600)
+    assert out.plan.ops == () and b.ipvs.observe_services_calls == [[key]]
+    assert dkey in out.state.draining
+    b.ipvs.set_conns(dkey, 0)                           # connections ended: it goes
+    out = _plan_run(fewer, b, out.state, drain_timeout=600)
+    assert [(op.action, op.kind) for op in out.plan.ops] == [("delete", "dest")]
+    assert not out.remaining.changed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first=configs(), second=configs(), stats=st.booleans(), spoil=st.integers(0, 40))
+def test_property_the_plan_from_digests_equals_the_plan_from_a_full_observe(first, second, stats,
+                                                                              spoil):
+    """Any previous table (another config's, a foreign service, a dest changed by hand),
+    any desired state: the plan made from observe_to_plan is observe()'s plan, op for op."""
+    b = fake_backends()
+    b.ipvs.apply([Op("add", "service", "f", None, IpvsService(FOREIGN, "wlc")),
+                  Op("add", "dest", "f", None, IpvsDest(FOREIGN, "10.99.9.9", 80))])
+    _, _, state = reconcile(first, b)
+    dests = [d for table in b.ipvs.dests.values() for d in table.values()]
+    if dests:                                       # a hand edit somewhere
+        d = dests[spoil % len(dests)]
+        b.ipvs.dests[d.service][d.key] = d._replace(weight=d.weight + 1 + spoil)
+    desired = expand(second, fwmarks_for(second, state))
+    full = observe(desired, b, stats=stats)
+    got = observe_to_plan(desired, b, stats=stats)
+    assert diff(desired, got, state, drain_timeout=stats * 600).ops == \
+        diff(desired, full, state, drain_timeout=stats * 600).ops
+    assert got.ipvs.services == full.ipvs.services and got.ipvs.dests == full.ipvs.dests
+    assert got.ipvs.service_digests == full.ipvs.service_digests
+    assert got.nft == full.nft and got.vips == full.vips and got.sysctls == full.sysctls

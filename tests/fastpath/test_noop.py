@@ -32,8 +32,10 @@ def run(kernel, capsys, *argv):
 
 
 def fast(kernel) -> bool:
-    """True when the last run answered from the fingerprint (no whole-table read)."""
-    return kernel.ipvs.service_digest_calls > 0 and kernel.ipvs.observe_calls == 0
+    """True when the last run answered from the fingerprint: the kernel's digests read, and
+    neither the whole table nor the desired state's digests (the ordinary path's plan)."""
+    return kernel.ipvs.service_digest_calls > 0 and kernel.ipvs.observe_calls == 0 \
+        and kernel.ipvs.expected_digest_calls == 0
 
 
 def reset_counts(kernel):
@@ -139,7 +141,8 @@ def test_a_comment_in_the_config_is_a_change_too(kernel, applied, capsys):
     cfg, state, opts = applied
     cfg.write_text(CONFIG + "# edited\n")
     code, _, _ = run(kernel, capsys, "--detailed-exitcode", *opts, cfg)
-    assert code == 0 and kernel.ipvs.service_digest_calls == 0 and kernel.ipvs.observe_calls == 1
+    # no fingerprint read for the no-op check: only the plan's, with its expected digests
+    assert code == 0 and kernel.ipvs.service_digest_calls == kernel.ipvs.expected_digest_calls == 1
 
 
 def test_a_changed_health_file_takes_the_ordinary_path(kernel, applied, capsys, tmp_path):
@@ -160,7 +163,7 @@ def test_new_pask_code_takes_the_ordinary_path(kernel, applied, capsys, monkeypa
     from pask_ipvs.fastpath import config_cache
     monkeypatch.setattr(config_cache, "code_digest", lambda: b"another version of pask")
     code, _, _ = run(kernel, capsys, "--detailed-exitcode", *opts, cfg)
-    assert code == 0 and kernel.ipvs.service_digest_calls == 0
+    assert code == 0 and kernel.ipvs.service_digest_calls == kernel.ipvs.expected_digest_calls == 1
 
 
 def test_a_failed_verify_records_no_fingerprint(kernel, files, capsys, monkeypatch):
@@ -191,13 +194,14 @@ def test_draining_never_takes_the_fast_path(kernel, files, capsys):
     st = load_state(str(state))
     assert st.draining and st.last_verified is None
     reset_counts(kernel)
-    assert run(kernel, capsys, *opts, cfg)[0] == 0 and kernel.ipvs.service_digest_calls == 0
+    assert run(kernel, capsys, *opts, cfg)[0] == 0
+    assert kernel.ipvs.service_digest_calls == kernel.ipvs.expected_digest_calls == 1
 
 
 def test_offline_never_uses_the_fingerprint(kernel, applied, capsys):
     cfg, state, opts = applied
     code, out, _ = run(kernel, capsys, "--offline", *opts, cfg)
-    assert code == 0 and kernel.ipvs.service_digest_calls == 0 and kernel.ipvs.observe_calls == 1
+    assert code == 0 and kernel.ipvs.service_digest_calls == kernel.ipvs.expected_digest_calls == 1
 
 
 def test_an_unreadable_fingerprint_only_costs_time(kernel, applied, capsys):
@@ -221,7 +225,7 @@ def test_vips_are_part_of_the_fingerprint(kernel, applied, capsys):
     cfg, state, opts = applied
     kernel.addr.addrs.add(VipAddress("pask0", "10.99.250.1", 32))     # someone else's address
     code, _, _ = run(kernel, capsys, "--detailed-exitcode", *opts, cfg)
-    assert kernel.ipvs.observe_calls == 1
+    assert not fast(kernel) and kernel.ipvs.expected_digest_calls == 1
 
 
 def test_the_fast_paths_empty_plan_is_the_planners():
