@@ -134,7 +134,7 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
     from .fastpath import noop
     from .fastpath.config_cache import ConfigCache, cache_file_for, code_digest
     from .health_file import read_health_bytes
-    from .state import load_state, mark_applied, save_state
+    from .state import ConfigDigest, load_state, mark_applied, save_state
     from .storage import locked
 
     try:
@@ -147,8 +147,9 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
             state = load_state(request.state_file)
             health_raw = read_health_bytes(request.health_file)
             code = code_digest()
+            config_digest = ConfigDigest(code, text)     # the text's stand-in for the fingerprint
             backends = None
-            if not request.offline and noop.inputs_unchanged(state, code, text, health_raw):
+            if not request.offline and noop.inputs_unchanged(state, code, config_digest, health_raw):
                 backends = make_backends()
                 if noop.kernel_unchanged(state, backends, out.progress if request.verbose else None):
                     if not request.planning_only:
@@ -159,6 +160,7 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
                 config = cache.load(request.config, text)
             except ConfigError as e:
                 return _config_problems(request, e)
+            del text                    # 1.5 MB at 1024 x 32, held to the end for nothing
             if request.verbose:
                 out.progress(f"config: {cache.how}")
             backends = backends or make_backends()
@@ -169,7 +171,7 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
                                 backends, plan=planned.plan,
                                 drain_timeout=config.drain_timeout,
                                 progress=None if request.quiet else out.progress)
-            noop.record_verified(outcome, planned.desired, code, text, health_raw)
+            noop.record_verified(outcome, planned.desired, code, config_digest, health_raw)
             save_state(request.state_file, outcome.state)
             if outcome.verified:
                 mark_applied(request.state_file)

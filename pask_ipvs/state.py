@@ -67,17 +67,40 @@ class PaskState:
                      for n, e in data.get("engines", {}).items()},
         )
 
-    def inputs_digest(self, code: bytes, config_text: str, health: bytes) -> str:
+    def inputs_digest(self, code: bytes, config_text: "str | ConfigDigest", health: bytes) -> str:
         """Everything a plan depends on but the kernel: pask's code, the config file,
         the health file, and what this state says pask owns. Equal digests: the same
-        desired state (and, with an equal kernel digest, the same empty plan)."""
-        h = hashlib.blake2b(code, digest_size=32)
+        desired state (and, with an equal kernel digest, the same empty plan).
+        ``config_text`` may be given as its ConfigDigest (the same result; a run need
+        not keep a big file's text until the end)."""
+        if not isinstance(config_text, ConfigDigest):
+            config_text = ConfigDigest(code, config_text)
+        h = config_text.hasher(code)
         owned = json.dumps({k: v for k, v in self.to_json().items() if k not in _NOT_INPUTS},
                            sort_keys=True)
-        for part in (config_text.encode(), health, owned.encode()):
+        for part in (health, owned.encode()):
             h.update(len(part).to_bytes(8, "little"))
             h.update(part)
         return h.hexdigest()
+
+
+class ConfigDigest:
+    """PaskState.inputs_digest's hash of pask's code and the config text, made once: it
+    stands for the text (kept whole, a 1024 x 32 file is 1.5 MB for the whole run)."""
+
+    __slots__ = ("_code", "_h")
+
+    def __init__(self, code: bytes, config_text: str) -> None:
+        part = config_text.encode()
+        self._code = code
+        self._h = hashlib.blake2b(code, digest_size=32)
+        self._h.update(len(part).to_bytes(8, "little"))
+        self._h.update(part)
+
+    def hasher(self, code: bytes) -> "hashlib._Hash":
+        if code != self._code:
+            raise ValueError("ConfigDigest made with another code digest")
+        return self._h.copy()
 
 
 _NOT_INPUTS = ("fingerprint",)     # records of runs, not what pask owns

@@ -673,3 +673,19 @@ def test_property_the_plan_from_digests_equals_the_plan_from_a_full_observe(firs
     assert got.ipvs.services == full.ipvs.services and got.ipvs.dests == full.ipvs.dests
     assert got.ipvs.service_digests == full.ipvs.service_digests
     assert got.nft == full.nft and got.vips == full.vips and got.sysctls == full.sysctls
+
+
+def test_the_config_digest_stands_for_the_text():
+    """pask-apply keeps the config's ConfigDigest, not its text: the inputs digest is the
+    same either way, and a digest made with other code is refused."""
+    from pask_ipvs.state import ConfigDigest
+
+    state = PaskState(services={"web": ServiceKey.virtual("tcp", "10.99.100.1", 80)})
+    text = "version: 1\nservices: []\n"
+    digest = ConfigDigest(b"code", text)
+    assert state.inputs_digest(b"code", digest, b"{}") == state.inputs_digest(b"code", text, b"{}")
+    assert state.inputs_digest(b"code", digest, b"{}") == state.inputs_digest(b"code", digest, b"{}")
+    assert state.inputs_digest(b"code", ConfigDigest(b"code", text + "#\n"), b"{}") != \
+        state.inputs_digest(b"code", text, b"{}")
+    with pytest.raises(ValueError):
+        state.inputs_digest(b"other code", digest, b"{}")

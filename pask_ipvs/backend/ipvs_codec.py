@@ -204,6 +204,9 @@ def addr_to_wire(af: int, addr: str) -> bytes:
 _ADDR_TEXT: dict[int, dict[bytes, str]] = {4: {}, 6: {}}   # per family: raw field -> text
 _ADDR_TEXT_MAX = 1 << 16
 _MEMO_MAX = 1 << 16          # memo tables are bounded: a long-running daemon must not grow
+# real server addresses: 4096 (a cold apply of 33k distinct ones kept ~4 MB of them for
+# the whole run, and encodes each once; a daemon's few thousand servers still all fit)
+_ADDR_MEMO_MAX = 1 << 12
 
 
 def addr_from_wire(af: int, raw: bytes) -> str:
@@ -319,7 +322,7 @@ class IpvsEncoder:
             self._last_key = key
         addr_af = self._addr.get(dest.addr)
         if addr_af is None:
-            if len(self._addr) > _MEMO_MAX:
+            if len(self._addr) > _ADDR_MEMO_MAX:
                 self._addr.clear()
             # inet_pton's 4 or 16 bytes: the structs' "16s" pads an IPv4 address with zeros
             # as addr_to_wire does

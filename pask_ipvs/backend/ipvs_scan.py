@@ -174,15 +174,20 @@ def expected_digests(services: Mapping[ServiceKey, IpvsService], dests: Iterable
     made over them newest first. The dests' bytes are made by ``encode`` (service family,
     dests); a service with a dest ``encode`` refuses (ValueError) is left out. A dest of
     a service not in ``services`` is ignored."""
-    configs: dict[ServiceKey, list[bytes]] = {key: [] for key in services}
-    refused: set[ServiceKey] = set()
+    grouped: dict[ServiceKey, list[IpvsDest]] = {key: [] for key in services}
     for key, group in groupby(dests, key=attrgetter("service")):   # a service's dests come together
-        out = configs.get(key)
-        if out is None or key in refused:
-            continue
+        out = grouped.get(key)
+        if out is not None:
+            out += group
+    # encoded one service at a time: only one service's bytes are alive at once (a cold
+    # apply's verify encodes 33k dests at 1024 x 32)
+    digests: dict[ServiceKey, bytes] = {}
+    for key, svc in services.items():
+        members = grouped[key]
         try:
-            out += encode(key.af, list(group))
+            configs = encode(key.af, members) if members else []
         except ValueError:
-            refused.add(key)
-    return {key: service_digest(svc, configs[key][::-1]) for key, svc in services.items()
-            if key not in refused}
+            continue
+        configs.reverse()
+        digests[key] = service_digest(svc, configs)
+    return digests

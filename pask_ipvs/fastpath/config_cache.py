@@ -37,7 +37,8 @@ if TYPE_CHECKING:      # the model's dataclasses cost an import the no-op fast p
 
 CACHE_NAME = "config-cache.pickle"
 FORMAT = 2
-FULL_PARSE_SHARE = 8       # more than 1/8 of the items new: one full load is cheaper than N small ones
+FULL_PARSE_SHARE = 8       # more than 1/8 of the items new: -v says 'full' (they are parsed in batches)
+BATCH = 64                 # new items parsed, validated and modelled together (cost of N small loads, memory of one)
 
 # YAML features a line-based split cannot follow safely: anchors/aliases, tags,
 # block scalars, directives, tabs, CR line ends, document markers, a BOM.
@@ -193,17 +194,20 @@ class ConfigCache:
         head, items = split
         known: dict[bytes, bytes] = old.get("chunks", {}) if old is not None else {}
         missing = sum(1 for d in digests if d not in live and d not in known)
-        config = None
-        if missing * FULL_PARSE_SHARE <= len(items) or missing <= 1:
-            config = _load_items(path, head, items, digests, known, live)
+        # Many new items (a cold start): parsed in batches all the same, so the file's plain
+        # data (some 10x the text at 1024 x 32) is never in memory whole. Any doubt: the full
+        # load, which also gives every problem its line.
+        config = _load_items(path, head, items, digests, known, live)
         if config is None:
             self.how = "full"
             config = load_config(path, text)
             if not _aligned(config, items):          # the split disagrees: keep the file whole
                 self._remember(code, file_digest, config, None)
                 return self._keep(file_digest, config, None)
-        else:
+        elif missing * FULL_PARSE_SHARE <= len(items) or missing <= 1:
             self.how = f"{missing} of {len(items)} services parsed"
+        else:
+            self.how = "full"
         self._remember(code, file_digest, config, digests, known)
         return self._keep(file_digest, config, digests)
 
@@ -288,26 +292,40 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
         head_doc = {**head_data, "services": []}
         if validate(head_doc, NO_LINES, path):
             return None
-        services: list[Service] = []
-        for item, digest in zip(items, digests):
-            svc = live.get(digest)
-            if svc is not None:
-                services.append(svc)
-                continue
-            blob = known.get(digest)
-            if blob is not None:
-                try:
-                    services.append(pickle.loads(blob))
-                    continue
-                except Exception:
-                    return None
-            data = read_fast(item)
-            if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
-                return None
+        services: list[Service | None] = []
+        batch: list[int] = []              # indexes of new items, parsed together
+
+        def parse() -> bool:
+            """The batch's items: read as one block sequence (a run of items of the file is
+            one), validated with the head, each modelled; their data dropped after."""
+            data = read_fast("".join([items[i] for i in batch]))
+            if not isinstance(data, list) or len(data) != len(batch) or \
+                    not all(isinstance(item, dict) for item in data):
+                return False
             if validate({**head_data, "services": data}, NO_LINES, path):
-                return None
-            services.append(build_service(data[0]))
-    if not _services_agree(services):
+                return False
+            for i, raw in zip(batch, data):
+                services[i] = build_service(raw)
+            batch.clear()
+            return True
+
+        for i, digest in enumerate(digests):
+            svc = live.get(digest)
+            if svc is None:
+                blob = known.get(digest)
+                if blob is not None:
+                    try:
+                        svc = pickle.loads(blob)
+                    except Exception:
+                        return None
+            services.append(svc)
+            if svc is None:
+                batch.append(i)
+                if len(batch) >= BATCH and not parse():
+                    return None
+        if batch and not parse():
+            return None
+    if not _services_agree(services):     # type: ignore[arg-type]
         return None
     return replace(build_model(head_doc, path), services=tuple(services))
 

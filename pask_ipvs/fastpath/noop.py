@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from ..backend.base import Backends
     from ..objects import Desired
-    from ..state import PaskState
+    from ..state import ConfigDigest, PaskState
     from ..verify import Outcome
 
 EMPTY_PLAN_COUNTS = {"add": 0, "set": 0, "delete": 0, "replace": 0}   # Plan().counts()
 
 
-def inputs_unchanged(state: "PaskState", code: bytes, text: str, health_raw: bytes) -> bool:
+def inputs_unchanged(state: "PaskState", code: bytes, text: "str | ConfigDigest",
+                     health_raw: bytes) -> bool:
     """The last verified run had these very inputs (and nothing is draining)."""
     last = state.last_verified
     return bool(last) and not state.draining and \
@@ -55,8 +56,8 @@ def fill_unchanged(report: dict, *, dry_run: bool, with_plan_text: bool) -> None
         report["plan_text"] = NO_CHANGES + "\n"
 
 
-def record_verified(outcome: "Outcome", desired: "Desired", code: bytes, text: str,
-                    health_raw: bytes) -> None:
+def record_verified(outcome: "Outcome", desired: "Desired", code: bytes,
+                    text: "str | ConfigDigest", health_raw: bytes) -> None:
     """Into outcome.state: only after a run whose result was verified, with nothing draining."""
     from .kernel_digest import kernel_digest
 

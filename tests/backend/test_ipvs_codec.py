@@ -757,3 +757,24 @@ def test_service_fingerprint_covers_configuration_order_and_count():
               scan.service_digest(IpvsService(KERNEL_KEY, "wrr", frozenset({"persistent"}), 300, 24),
                                     [a, b])]
     assert fp not in others and len(set(others)) == len(others)
+
+
+def test_the_encoders_address_memo_is_bounded_and_changes_nothing():
+    """A cold apply encodes 33k distinct real servers once each: the memo keeps at most
+    _ADDR_MEMO_MAX of them, and a message is the same bytes whether its address was
+    remembered or not."""
+    from pask_ipvs.backend import ipvs_codec as codec
+    from pask_ipvs.objects import IpvsDest, ServiceKey
+    from pask_ipvs.plan import Op
+
+    key = ServiceKey.virtual("tcp", "10.99.100.1", 80)
+    enc = codec.IpvsEncoder(family=0x20)
+    first = {}
+    for i in range(codec._ADDR_MEMO_MAX + 500):
+        d = IpvsDest(key, f"10.{i // 62500}.{i // 250 % 250}.{1 + i % 250}", 8080, "masq", 1)
+        first[i] = enc.op(Op("add", "dest", "", None, d), 7)
+        assert len(enc._addr) <= codec._ADDR_MEMO_MAX + 1
+    fresh = codec.IpvsEncoder(family=0x20)
+    for i in (0, 1, codec._ADDR_MEMO_MAX + 499):
+        d = IpvsDest(key, f"10.{i // 62500}.{i // 250 % 250}.{1 + i % 250}", 8080, "masq", 1)
+        assert fresh.op(Op("add", "dest", "", None, d), 7) == first[i] == enc.op(Op("add", "dest", "", None, d), 7)

@@ -386,3 +386,56 @@ def test_cli_apply_uses_the_cache_beside_the_state_file(tmp_path, capsys):
     assert "config: 1 of 3 services parsed" in capsys.readouterr().err
     assert apply_main([*files, "--offline", "-v", str(cfg)]) == 0
     assert "config: full" in capsys.readouterr().err          # --offline never uses the cache
+
+
+# -- a cold load: every item new, parsed in batches -----------------------------------------
+
+def test_a_cold_load_parses_batches_of_items_and_equals_the_full_load(tmp_path, cache_file):
+    """No cache: the items are read, validated and modelled BATCH at a time (the file's
+    plain data is never whole in memory), and the config is the full load's."""
+    from pask_ipvs import yaml_fast
+
+    path = tmp_path / "c.yaml"
+    text = yaml_config(150)
+    real = yaml_fast.read_fast
+    sizes = []
+    with mock.patch.object(yaml_fast, "read_fast", lambda t: sizes.append(len(t)) or real(t)):
+        cache = ConfigCache(cache_file)
+        config = cache.load(str(path), text)
+    assert config == load_config(str(path), text) and cache.how == "full"
+    assert len(config.services) == 150
+    # the head, then ceil(150 / 64) batches, none of them the whole file
+    assert len(sizes) == 1 + 3 and max(sizes) < len(text) / 2
+    assert cache.save() and ConfigCache(cache_file).load(str(path), text) == config
+
+
+@pytest.mark.parametrize("edit, expect", [
+    # rules between services, broken across batches (items 3 and 140)
+    (lambda t: t.replace("name: svc-140\n", "name: svc-3\n"), "duplicate service name"),
+    (lambda t: t.replace("vip: 10.99.128.141\n", "vip: 10.99.128.4\n"), "like service"),
+    # a problem in the last batch
+    (lambda t: t.replace("{address: 10.99.130.2, port: 8080}", "{address: 10.99.130.2, port: 99999}"),
+     "port"),
+    # a YAML 1.1 / 1.2 ambiguity in one item: the exact reader's problem, with its line
+    (lambda t: t.replace("{address: 10.99.100.2, port: 8080}", "{address: 10.99.100.2, port: 010}"),
+     "quote"),
+])
+def test_a_cold_load_with_a_problem_gives_the_full_loads_errors(tmp_path, cache_file, edit, expect):
+    path = tmp_path / "c.yaml"
+    changed = edit(yaml_config(150))
+    want = outcome(path, changed)
+    assert want[0] == "error" and any(expect in p for p in want[1]), want
+    assert outcome(path, changed, ConfigCache(cache_file)) == want
+
+
+def test_a_real_server_pickles_to_itself():
+    """The cache pickles RealServer by its constructor's arguments: every field comes back."""
+    import pickle
+
+    from pask_ipvs.model import RealServer, ServerState
+
+    rs = RealServer("2001:db8::7", 8443, 9, ServerState.BACKUP, False)
+    back = pickle.loads(pickle.dumps(rs, pickle.HIGHEST_PROTOCOL))
+    assert back == rs and type(back) is RealServer
+    assert (back.address, back.port, back.weight, back.state, back.explicit_port) == \
+        ("2001:db8::7", 8443, 9, ServerState.BACKUP, False)
