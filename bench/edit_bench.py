@@ -133,6 +133,9 @@ class StandIn:
                     struct.pack_into("=I", m, 8, hdr.seq)
                     msgs.append(bytes(m))
                 self._skbs(msgs, hdr.seq)
+            elif cmd in _WRITES:      # table changes are the fake's (see real_ipvs_on)
+                if hdr.flags & nl.NLM_F_ACK:
+                    self.replies.append(self._err(hdr.seq, 0))
             else:
                 raise AssertionError(f"stand-in: unexpected command {cmd}")
         return len(data)
@@ -141,6 +144,33 @@ class StandIn:
         data = self.replies.popleft()
         buf[:len(data)] = data
         return len(data)
+
+
+_WRITES = frozenset(range(1, 8)) - {4}     # IPVS_CMD_{NEW,SET,DEL}_{SERVICE,DEST}
+
+
+def real_ipvs_on(fake, mirror_writes: bool = False):
+    """IpvsNetlink reading ``fake``'s table through the stand-in. Its writes go to the fake
+    table; with ``mirror_writes`` they are also encoded and sent by IpvsNetlink.apply
+    itself (the stand-in acks them), so its memory and CPU are those of the real backend."""
+    from pask_ipvs.backend import ipvs as ipvs_mod, ipvs_codec as w
+    sock = StandIn(fake, 0x20)
+    real = ipvs_mod.IpvsNetlink()
+    conn = ipvs_mod._Conn.__new__(ipvs_mod._Conn)
+    conn.sock, conn.buf, conn._seq = sock, bytearray(ipvs_mod.RECV_CHUNK), 0
+    real._conn, real._encoder = conn, w.IpvsEncoder(0x20)
+    if mirror_writes:
+        send = real.apply
+
+        def apply(ops):
+            errors = fake.apply(ops)
+            assert not send(ops) and not errors
+            return errors
+        real.apply = apply
+    else:
+        real.apply = fake.apply                  # writes: to the fake table
+    real.missing_schedulers = fake.missing_schedulers
+    return real, sock
 
 
 def setup(tree: str, config: str, out_dir: str) -> None:
@@ -178,20 +208,13 @@ def child(tree: str, setup_dir: str) -> dict:
         with open(os.path.join(d, "pask.yaml"), "w") as f:
             f.write(edit_one_weight(text))
         t0 = time.process_time()
-        from pask_ipvs.backend import ipvs as ipvs_mod, ipvs_codec as w
         from pask_ipvs.backend.fake import kernel_writes
         from pask_ipvs.pipeline import ApplyRequest, apply_config
         imports = time.process_time() - t0
         with open(os.path.join(setup_dir, "kernel.pickle"), "rb") as f:
             b = pickle.load(f)
         fake = b.ipvs
-        sock = StandIn(fake, 0x20)
-        real = ipvs_mod.IpvsNetlink()
-        conn = ipvs_mod._Conn.__new__(ipvs_mod._Conn)
-        conn.sock, conn.buf, conn._seq = sock, bytearray(ipvs_mod.RECV_CHUNK), 0
-        real._conn, real._encoder = conn, w.IpvsEncoder(0x20)
-        real.apply = fake.apply                      # writes: to the fake table
-        real.missing_schedulers = fake.missing_schedulers
+        real, sock = real_ipvs_on(fake)
         writes_before = kernel_writes(b)
         b.ipvs = real
         # every stage's CPU without the stand-in's (which runs inside observe and verify)

@@ -778,3 +778,50 @@ def test_the_encoders_address_memo_is_bounded_and_changes_nothing():
     for i in (0, 1, codec._ADDR_MEMO_MAX + 499):
         d = IpvsDest(key, f"10.{i // 62500}.{i // 250 % 250}.{1 + i % 250}", 8080, "masq", 1)
         assert fresh.op(Op("add", "dest", "", None, d), 7) == first[i] == enc.op(Op("add", "dest", "", None, d), 7)
+
+
+def test_apply_encodes_and_sends_batch_by_batch_leaving_out_what_cannot_be_encoded():
+    """Ops are encoded one batch at a time: each sendmsg carries batch_size messages, in op
+    order, the last asking for the ack; an op the encoder refuses is not sent, fails
+    EINVAL, and the ops after it are still sent."""
+    import errno as errno_mod
+
+    from pask_ipvs.backend import ipvs as ipvs_mod, ipvs_codec as codec, netlink as nl
+    from pask_ipvs.objects import IpvsDest, IpvsService, ServiceKey
+    from pask_ipvs.plan import Op
+
+    class AckingSocket:
+        def __init__(self):
+            self.sent: list[list[tuple[int, int, int]]] = []     # per sendmsg: (cmd, seq, flags)
+            self.replies: list[bytes] = []
+
+        def sendall(self, data):
+            msgs = [(data[h.start], h.seq, h.flags) for h in nl.iter_messages(data, len(data))]
+            self.sent.append(msgs)
+            cmd, seq, flags = msgs[-1]
+            assert flags & nl.NLM_F_ACK
+            self.replies.append(nl.NLMSG_HDR.pack(16 + 4 + 16, nl.NLMSG_ERROR, 0, seq, 0)
+                                + bytes(4) + bytes(16))
+
+        def recv_into(self, buf, nbytes=0, flags=0):
+            data = self.replies.pop(0)
+            buf[:len(data)] = data
+            return len(data)
+
+    backend = ipvs_mod.IpvsNetlink(batch_size=2)
+    sock = AckingSocket()
+    conn = ipvs_mod._Conn.__new__(ipvs_mod._Conn)
+    conn.sock, conn.buf, conn._seq = sock, bytearray(4096), 0
+    backend._conn, backend._encoder = conn, codec.IpvsEncoder(0x20)
+    key = ServiceKey.virtual("tcp", "10.99.0.1", 80)
+    bad = IpvsService(ServiceKey.virtual("tcp", "10.99.0.2", 80), "mh", frozenset({"sh-port"}))
+    ops = [Op("add", "service", "", None, IpvsService(key, "wrr")), Op("add", "service", "", None, bad)]
+    ops += [Op("add", "dest", "", None, IpvsDest(key, f"10.99.1.{i}", 80)) for i in range(1, 5)]
+    (err,) = backend.apply(ops)
+    assert err.errno == errno_mod.EINVAL and err.op is ops[1]
+    seqs = [[seq for _, seq, _ in batch] for batch in sock.sent]
+    first = seqs[0][0]
+    # op i has sequence number first + i; op 1 was never sent
+    assert seqs == [[first, first + 2], [first + 3, first + 4], [first + 5]]
+    assert [cmd for batch in sock.sent for cmd, _, _ in batch] == \
+        [codec.IPVS_CMD_NEW_SERVICE] + [codec.IPVS_CMD_NEW_DEST] * 4
