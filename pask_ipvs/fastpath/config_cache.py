@@ -38,7 +38,7 @@ if TYPE_CHECKING:      # the model's dataclasses cost an import the no-op fast p
 CACHE_NAME = "config-cache.pickle"
 FORMAT = 2
 FULL_PARSE_SHARE = 8       # more than 1/8 of the items new: -v says 'full' (they are parsed in batches)
-BATCH = 64                 # new items parsed, validated and modelled together (cost of N small loads, memory of one)
+BATCH = 64                 # new items parsed, validated and modelled together (memory of one small load)
 
 # YAML features a line-based split cannot follow safely: anchors/aliases, tags,
 # block scalars, directives, tabs, CR line ends, document markers, a BOM.

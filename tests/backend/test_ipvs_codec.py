@@ -777,7 +777,8 @@ def test_the_encoders_address_memo_is_bounded_and_changes_nothing():
     fresh = codec.IpvsEncoder(family=0x20)
     for i in (0, 1, codec._ADDR_MEMO_MAX + 499):
         d = IpvsDest(key, f"10.{i // 62500}.{i // 250 % 250}.{1 + i % 250}", 8080, "masq", 1)
-        assert fresh.op(Op("add", "dest", "", None, d), 7) == first[i] == enc.op(Op("add", "dest", "", None, d), 7)
+        op = Op("add", "dest", "", None, d)
+        assert fresh.op(op, 7) == first[i] == enc.op(op, 7)
 
 
 def test_apply_encodes_and_sends_batch_by_batch_leaving_out_what_cannot_be_encoded():
