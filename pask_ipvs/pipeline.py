@@ -167,6 +167,9 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
             planned, errors = _plan(request, out, report, config, state, health_raw, backends)
             if planned is None:
                 return errors
+            # the cache is written before the kernel is (its pickling's memory is then not on
+            # top of the apply's and verify's); a run that gets here writes it either way
+            cache_saved = cache.save()
             outcome = reconcile(planned.desired, planned.observed, state, planned.fwmarks,
                                 backends, plan=planned.plan,
                                 drain_timeout=config.drain_timeout,
@@ -175,7 +178,7 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
             save_state(request.state_file, outcome.state)
             if outcome.verified:
                 mark_applied(request.state_file)
-            if not cache.save() and request.verbose:
+            if not cache_saved and request.verbose:
                 out.progress(f"could not write the config cache {cache.cache_file} (not needed)")
     except BlockingIOError:
         return [f"{request.state_file}: another pask-apply is running (lock held)"]

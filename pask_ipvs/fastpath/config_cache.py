@@ -221,8 +221,8 @@ class ConfigCache:
     # -- writing -----------------------------------------------------------------
     def _remember(self, code: bytes, file_digest: bytes, config: Config,
                   digests: list[bytes] | None, known: dict[bytes, bytes] | None = None) -> None:
-        """Keep what save() needs; pickling waits for save(), which only a run that
-        applied calls (not a dry run, not a failed one)."""
+        """Keep what save() needs; pickling waits for save(), which only a run about to
+        apply calls (not a dry run, not one whose config or plan failed)."""
         self._learnt = (code, file_digest, config, digests, known or {})
 
     def save(self) -> bool:

@@ -257,3 +257,21 @@ def test_a_helper_module_unloaded_by_hand_takes_the_ordinary_path(kernel, files,
     code, out, _ = run(kernel, capsys, "--detailed-exitcode", *opts, cfg)
     assert code == 2 and not fast(kernel)
     assert "+ module nf_nat_tftp" in out and "nf_nat_tftp" in kernel.modules.loaded
+
+
+def test_the_config_cache_is_written_before_the_kernel_and_never_by_a_dry_run(kernel, files,
+                                                                                capsys):
+    """A run that has its plan and is about to apply writes the config cache first (its
+    pickling then does not add to the memory of the apply and verify); a dry run never."""
+    import os
+
+    from pask_ipvs.fastpath.config_cache import cache_file_for
+
+    cfg, state, opts = files
+    cache = cache_file_for(str(state))
+    assert run(kernel, capsys, "--dry-run", *opts, cfg)[0] == 0 and not os.path.exists(cache)
+    seen = []
+    real_apply = kernel.ipvs.apply
+    kernel.ipvs.apply = lambda ops: seen.append(os.path.exists(cache)) or real_apply(ops)
+    assert run(kernel, capsys, *opts, cfg)[0] == 0
+    assert seen and all(seen)
