@@ -7,7 +7,7 @@ Each run is a fresh child process that runs pipeline.apply_config against an emp
 kernel with a fresh state file, and reports its peak RSS. Two kernels:
 
 * fakes: every backend in memory (backend/fake.py); the fake IPVS table is the child's
-  own memory (a real kernel's is not);
+  own memory (a real kernel's is not), its list of the ops it ran is not kept;
 * IPVS code: IPVS through IpvsNetlink's own reads and writes (encoding, batches, acks,
   dumps scanned and decoded) on bench/edit_bench.py's stand-in socket, the table kept
   by a fake as well (so this one counts both).
@@ -41,9 +41,17 @@ def child(tree: str, config: str, kernel: str) -> dict:
         def error(self, msg): print(msg, file=sys.stderr)
 
     b = fake_backends()
+    fake = b.ipvs
+    fake_apply = fake.apply
+
+    def apply(ops):          # the fake keeps every op it ran (for tests); a kernel does not
+        errors = fake_apply(ops)
+        fake.applied.clear()
+        return errors
+    fake.apply = apply
     if kernel == "ipvs-code":
         from edit_bench import real_ipvs_on
-        b.ipvs, _ = real_ipvs_on(b.ipvs, mirror_writes=True)
+        b.ipvs, _ = real_ipvs_on(fake, mirror_writes=True)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as d:
         request = ApplyRequest(config=config, state_file=os.path.join(d, "state.json"),

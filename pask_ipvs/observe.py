@@ -74,6 +74,7 @@ def touched_services(ops: Iterable[Op]) -> set[ServiceKey]:
 
 def observe_after(desired: Desired, backends: Backends, before: Observed, ops: Iterable[Op], *,
                   stats: bool = False, also: Iterable[ServiceKey] = (),
+                  touched: Iterable[ServiceKey] = (),
                   max_fraction: float = VERIFY_PARTIAL_MAX_FRACTION) -> Observed:
     """What ``observe`` would read after ``ops`` ran on a kernel observed as ``before``,
     at the cost of what the ops touched.
@@ -85,8 +86,9 @@ def observe_after(desired: Desired, backends: Backends, before: Observed, ops: I
     can (observe_ipvs_by_digests), else decoded whole. Everything
     else is read whole, as ``observe`` does. Same result as ``observe`` as long as
     nobody else changed the untouched services meanwhile (their counters are
-    ``before``'s; ``also`` names the services whose counters matter, e.g. draining)."""
-    keys = touched_services(ops) | set(also)
+    ``before``'s; ``also`` names the services whose counters matter, e.g. draining).
+    ``touched``: services the ops wrote to, given instead of (or besides) the ops."""
+    keys = touched_services(ops) | set(touched) | set(also)
     if len(keys) > max_fraction * len(before.ipvs.services):
         ipvs = observe_ipvs_by_digests(desired, backends, stats=stats, also=also)
         if ipvs is None:

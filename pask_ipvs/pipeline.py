@@ -91,10 +91,16 @@ def apply_config(request: ApplyRequest, backends: Callable[[], "Backends"], out:
 
 def reconcile(desired: Desired, observed: Observed, state: PaskState, fwmarks: dict[str, int],
               backends: "Backends", *, now: float | None = None, drain_timeout: int = 0,
-              progress: Progress | None = None, plan: Plan | None = None) -> Outcome:
-    """Everything after observe: plan (unless given), execute, verify, next state."""
+              progress: Progress | None = None, plan: Plan | None = None,
+              lean_above: int | None = None) -> Outcome:
+    """Everything after observe: plan (unless given), execute, verify, next state.
+
+    ``lean_above``: a plan of more ops than this that applied cleanly is let go before
+    verify (the outcome holds its PlanSummary, the result no applied ops): a cold apply's
+    34k ops are not kept through verify. The caller must hold no reference to ``plan``."""
     from .apply import execute
-    from .plan import diff
+    from .observe import touched_services
+    from .plan import PlanSummary, diff
     from .verify import Outcome, next_state, verify
 
     now = time.time() if now is None else now
@@ -105,10 +111,14 @@ def reconcile(desired: Desired, observed: Observed, state: PaskState, fwmarks: d
                        observed)
     result = execute(plan, backends, progress=progress)
     interim = next_state(state, desired, fwmarks, plan, result)
+    touched = touched_services(plan.ops)
+    if lean_above is not None and result.ok and len(plan) > lean_above:
+        plan = PlanSummary.of(plan)
+        result.applied.clear()
     # ``observed`` is what the plan was made from: verify re-reads only the IPVS
     # services the plan's ops (and any rollback of them) wrote to.
     remaining, after = verify(desired, backends, interim, now=now, drain_timeout=drain_timeout,
-                              before=observed, ops=plan.ops)
+                              before=observed, touched=touched)
     return Outcome(plan, result, remaining,
                    next_state(state, desired, fwmarks, plan, result, after), after)
 
@@ -121,8 +131,13 @@ class _Planned:
 
     desired: Desired
     observed: Observed
-    plan: Plan
+    plan: Plan | None
     fwmarks: dict[str, int]
+
+    def take_plan(self) -> Plan:
+        plan, self.plan = self.plan, None
+        assert plan is not None
+        return plan
 
 
 def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Output,
@@ -170,10 +185,12 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
             # the cache is written before the kernel is (its pickling's memory is then not on
             # top of the apply's and verify's); a run that gets here writes it either way
             cache_saved = cache.save()
+            # the plan goes to reconcile alone: a big one is let go before verify
             outcome = reconcile(planned.desired, planned.observed, state, planned.fwmarks,
-                                backends, plan=planned.plan,
+                                backends, plan=planned.take_plan(),
                                 drain_timeout=config.drain_timeout,
-                                progress=None if request.quiet else out.progress)
+                                progress=None if request.quiet else out.progress,
+                                lean_above=PLAN_LINES_SHOWN)
             noop.record_verified(outcome, planned.desired, code, config_digest, health_raw)
             save_state(request.state_file, outcome.state)
             if outcome.verified:

@@ -107,6 +107,31 @@ class Plan:
         return out
 
 
+@dataclass(frozen=True)
+class PlanSummary(Plan):
+    """What a run reports of a big plan once it ran (its size, its counts, what drains),
+    without its ops: pask-apply lets 34k of them go before verify (pipeline.reconcile's
+    ``lean_above``). Iterating it gives nothing: only a plan small enough to be shown
+    is kept whole."""
+
+    size: int = 0
+    tally: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of(cls, plan: Plan) -> "PlanSummary":
+        return cls((), plan.draining, size=len(plan.ops), tally=plan.counts())
+
+    @property
+    def changed(self) -> bool:
+        return self.size > 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.tally)
+
+
 def ordered(ops: Iterable[Op]) -> tuple[Op, ...]:
     # sort is stable: within a phase, ops keep the order they were produced in
     return tuple(sorted(ops, key=_PHASE))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from .backend.base import Backends
-from .objects import Desired, Observed
+from .objects import Desired, Observed, ServiceKey
 from .observe import observe, observe_after
 from .plan import Op, Plan, diff
 from .state import PaskState
@@ -18,20 +18,23 @@ if TYPE_CHECKING:
 
 def verify(desired: Desired, backends: Backends, state: PaskState, *,
            now: float | None = None, drain_timeout: int = 0,
-           before: Observed | None = None, ops: Iterable[Op] = ()) -> tuple[Plan, Observed]:
+           before: Observed | None = None, ops: Iterable[Op] = (),
+           touched: Iterable[ServiceKey] = ()) -> tuple[Plan, Observed]:
     """Observe again and plan again: whatever remains is drift the apply did not fix.
 
     Given ``before`` (the observation the plan was made from) and the ``ops`` that
     were run, IPVS is read again only where the ops wrote (observe_after), so a
     one-weight change costs one service's read, not the whole table's. Without
-    ``before``, everything is read again."""
+    ``before``, everything is read again. ``touched``: the IPVS services the ops wrote
+    to (observe.touched_services), for a caller that no longer holds the ops."""
     stats = drain_timeout > 0
     if before is None:
         observed = observe(desired, backends, stats=stats)
     else:
         # draining dests' services too: their connection counts decide the next op
         observed = observe_after(desired, backends, before, ops, stats=stats,
-                                 also={dkey.service for dkey in state.draining})
+                                 also={dkey.service for dkey in state.draining},
+                                 touched=touched)
     return diff(desired, observed, state, now=time.time() if now is None else now,
                 drain_timeout=drain_timeout), observed
 

@@ -689,3 +689,33 @@ def test_the_config_digest_stands_for_the_text():
         state.inputs_digest(b"code", text, b"{}")
     with pytest.raises(ValueError):
         state.inputs_digest(b"other code", digest, b"{}")
+
+
+def test_a_lean_reconcile_lets_a_big_plan_go_before_verify():
+    """lean_above (what pask-apply passes): a plan of more ops that applied cleanly is
+    kept as its size and counts; verify reads what it would have read, and verifies."""
+    from pask_ipvs.backend.base import BackendError
+    from pask_ipvs.plan import PlanSummary
+
+    b = fake_backends()
+    cfg = many(8, 2)
+    desired = expand(cfg, fwmarks_for(cfg))
+    full = diff(desired, observe(desired, b), PaskState())
+    out = run_reconcile(desired, observe(desired, b), PaskState(), fwmarks_for(cfg), b,
+                        plan=full, lean_above=5)
+    assert isinstance(out.plan, PlanSummary) and out.plan.ops == ()
+    assert len(out.plan) == len(full) > 5 and out.plan.changed
+    assert out.plan.counts() == full.counts()
+    assert out.result.ok and out.result.applied == [] and out.verified
+    assert diff(desired, observe(desired, b), out.state).ops == ()
+    # small plans, and those that failed, are kept whole
+    edited = _reweigh(cfg, 2, 9)
+    d2 = expand(edited, fwmarks_for(edited, out.state))
+    small = run_reconcile(d2, observe(d2, b), out.state, fwmarks_for(edited, out.state), b,
+                          lean_above=5)
+    assert type(small.plan) is not PlanSummary and len(small.plan.ops) == 1
+    b2 = fake_backends()
+    b2.ipvs.apply = lambda ops: [BackendError("refused", errno.EPERM, ops[0])]
+    failed = run_reconcile(desired, observe(desired, b2), PaskState(), fwmarks_for(cfg), b2,
+                           lean_above=5)
+    assert not failed.result.ok and type(failed.plan) is not PlanSummary and failed.plan.ops

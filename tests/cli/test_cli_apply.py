@@ -131,3 +131,22 @@ def test_pask_umbrella_help_and_unknown(capsys):
     assert cli.main(["--help"]) == 0
     assert "realserver" in capsys.readouterr().out
     assert cli.main(["frobnicate"]) == 1
+
+
+def test_a_big_apply_reports_its_size_and_counts(kernel, tmp_path, capsys):
+    """More ops than are shown: one line with the plan's size and counts (the run lets the
+    ops themselves go before verify), then the verdict."""
+    from builders import yaml_config
+
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text(yaml_config(20))
+    opts = ["--state-file", str(tmp_path / "state.json"), "--health-file", str(tmp_path / "h.json")]
+    code, out, _ = run(fake_backends(), capsys, "--dry-run", "--format", "json", *opts, cfg)
+    report = json.loads(out)
+    counts, n = report["counts"], len(report["ops"])
+    assert code == 0 and n > 50 and sum(counts.values()) == n
+    code, out, err = run(kernel, capsys, *opts, cfg)
+    assert code == 0 and err == ""
+    assert out == (f"applied {n} changes ("
+                   + ", ".join(f"{c} {k}" for k, c in counts.items() if c) + ").\n"
+                   "Applied and verified: the kernel matches the config.\n")
