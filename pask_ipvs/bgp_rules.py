@@ -42,9 +42,9 @@ NAT_REASONS = {
     "lan-to-lan": "the LB translates the flow (as dest-nat, and source-NAT for LAN clients), so "
                   "its answers and its NAT state stay with the LB that saw it first",
 }
-INSTEAD = ("allowed with bgp.takeover: l3-dsr, or l2-dsr where every LB shares the real "
-           "servers' LAN, with scheduler mh or mh-port; or bgp.takeover: false, and flows on a "
-           "lost LB are reset")
+INSTEAD = ("with bgp.takeover: true use l3-dsr, or l2-dsr where every LB shares the real "
+           "servers' LAN, with scheduler mh or mh-port; or set bgp.takeover: false, and flows "
+           "on a lost LB are reset")
 
 
 def bgp_issues(data: dict, lines: Lines, checker: Any) -> None:
@@ -161,28 +161,29 @@ def _mh_service(checker: Any, p: Path, svc: dict, sched: str) -> None:
         checker.add(p + ("on_failure",),
                     "on_failure remove takes a failed server out of the mh table, and its return "
                     "puts it at the head of the kernel's server list, out of the one order every "
-                    "LB builds its table from (allowed with bgp.takeover: inhibit, which keeps its "
-                    "slots and sends its flows on to the same other server on every LB)")
+                    "LB builds its table from (with bgp.takeover: true use on_failure: inhibit, the "
+                    "default, which keeps its slots and sends its flows on to the same other "
+                    "server on every LB)")
     persistence = svc.get("persistence")
     if isinstance(persistence, dict):
         if sched == "mh-port":
             checker.add(p + ("scheduler",),
                         "mh-port with persistence: the first LB sends a client to the server of "
                         "its first connection (the persistence template), while the next LB has "
-                        "no template and hashes each connection's ports (allowed with "
-                        "persistence and bgp.takeover: mh, which hashes the client address)")
+                        "no template and hashes each connection's ports (with persistence and "
+                        "bgp.takeover: true use scheduler: mh, which hashes the client address)")
         mask = persistence.get("netmask")
         if mask is not None and mask not in ("255.255.255.255", 128):
             checker.add(p + ("persistence", "netmask"),
                         f"netmask {mask}: a client network goes to the server the first LB picked "
                         "for the first client of that network, while the next LB hashes each "
-                        "client's own address (allowed with bgp.takeover: 255.255.255.255, or 128 "
-                        "for IPv6)")
+                        "client's own address (with bgp.takeover: true use netmask 255.255.255.255, "
+                        "or 128 for IPv6)")
     if svc.get("application") == "ftp" and sched == "mh-port":
         checker.add(p + ("scheduler",),
                     "application ftp with mh-port: an FTP session's data connections come from "
                     "other ports than its control connection, so the next LB would hash them to "
-                    "another server (allowed with bgp.takeover: mh)")
+                    "another server (with bgp.takeover: true use scheduler: mh)")
     servers = svc.get("real_servers")
     for j, rs in enumerate(servers if isinstance(servers, list) else ()):
         if isinstance(rs, dict) and rs.get("weight") == 0 and not isinstance(rs.get("weight"), bool):

@@ -100,7 +100,7 @@ def test_a_valid_bgp_block_loads_with_its_defaults(load_text):
     ("nat_mode: l3-dsr", "nat_mode: dest-nat", 14, "$.services[0].nat_mode",
      "nat_mode dest-nat cannot keep a flow that ECMP moves to another LB"),
     ("nat_mode: l3-dsr", "nat_mode: lan-to-lan\n    local_networks: [10.99.5.0/24]", 14,
-     "$.services[0].nat_mode", "no shared return path (allowed with bgp.takeover: l3-dsr"),
+     "$.services[0].nat_mode", "no shared return path (with bgp.takeover: true use l3-dsr"),
     ("router_id: 10.99.4.2", "router_id: fd00:99:4::2", 4, "$.bgp.router_id",
      "a BGP router id is a 32-bit number written as an IPv4 address"),
     ("router_id: 10.99.4.2", "router_id: lb1", 4, "$.bgp.router_id", "not an IPv4 or IPv6 address"),
@@ -116,7 +116,7 @@ def test_a_valid_bgp_block_loads_with_its_defaults(load_text):
     ("{address: 10.99.5.11}", "{address: 10.99.5.11, weight: 0}", 15,
      "$.services[0].real_servers[1].weight", "to take a server out of service: state: disabled"),
     ("    nat_mode: l3-dsr\n", "    nat_mode: l3-dsr\n    on_failure: remove\n", 15,
-     "$.services[0].on_failure", "allowed with bgp.takeover: inhibit"),
+     "$.services[0].on_failure", "with bgp.takeover: true use on_failure: inhibit, the default"),
     ("    nat_mode: l3-dsr\n", "    nat_mode: l3-dsr\n    persistence: {timeout: 60, netmask: 255.255.255.0}\n",
      15, "$.services[0].persistence.netmask", "netmask 255.255.255.0: a client network goes"),
     ("scheduler: mh", "scheduler: mh-port\n    persistence: {timeout: 60}", 13, "$.services[0].scheduler",
@@ -142,7 +142,7 @@ def test_every_problem_is_reported_at_once(problems_of):
 def test_the_nat_mode_message_says_what_to_use_instead(problems_of):
     [p] = problems_of(BGP.replace("nat_mode: l3-dsr", "nat_mode: both-nat\n    snat_ip: 10.99.5.1"))
     assert "snat_ip of the LB that translated the flow" in p.message
-    assert "or bgp.takeover: false, and flows on a lost LB are reset" in p.message
+    assert "or set bgp.takeover: false, and flows on a lost LB are reset" in p.message
 
 
 def test_without_takeover_any_mode_and_scheduler_is_allowed(load_text):
