@@ -150,17 +150,27 @@ def main(argv: list[str]) -> int:
                                capture_output=True, text=True, check=True, env=envs[i])
             if run == 0:
                 continue
-            for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
-                best[i][k] = min(v, best[i].get(k, v))
+            keep_best(best[i], r.stdout)
     caches.cleanup()
-    labels = list(dict.fromkeys(["imports (pask + fakes)"] + [s[2] for s in STAGES]
-                                + [k for b in best for k in b]))
-    print("| stage (native CPU s, best of %d) | %s |" % (args.runs, " | ".join(trees)))
+    print_table(f"stage (native CPU s, best of {args.runs})", trees, best,
+                ["imports (pask + fakes)"] + [s[2] for s in STAGES])
+    return 0
+
+
+def keep_best(best: dict[str, float], stdout: str) -> None:
+    """Fold one child's stage times (its last line, JSON) into the best of the runs so far."""
+    for k, v in json.loads(stdout.strip().splitlines()[-1]).items():
+        best[k] = min(v, best.get(k, v))
+
+
+def print_table(title: str, trees: list[str], best: list[dict[str, float]], first: list[str]) -> None:
+    """One row per stage (``first`` in that order, then the others), one column per tree."""
+    labels = list(dict.fromkeys(first + [k for b in best for k in b]))
+    print(f"| {title} | " + " | ".join(trees) + " |")
     print("|---|" + "---|" * len(trees))
     for k in labels:
         if any(k in b for b in best):
             print(f"| {k} | " + " | ".join(f"{b[k]:.3f}" if k in b else "" for b in best) + " |")
-    return 0
 
 
 if __name__ == "__main__":

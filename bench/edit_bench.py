@@ -32,6 +32,9 @@ import time
 from collections import deque
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from cold_bench import keep_best, print_table     # noqa: E402  (one table for both benches)
 EDITED_SERVICE = "svc-00512"
 
 STAGES = [
@@ -285,17 +288,10 @@ def main(argv: list[str]) -> int:
                 sys.exit(f"{tree}: {r.stderr}")
             if run == 0:
                 continue                 # bytecode written, caches warm on disk
-            for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
-                best[i][k] = min(v, best[i].get(k, v))
+            keep_best(best[i], r.stdout)
     work.cleanup()
-    labels = list(dict.fromkeys(["imports (pask + backend)"] + [s[2] for s in STAGES]
-                                + [k for b in best for k in b]))
-    print("| one weight edited, fresh apply (native CPU s, best of %d) | %s |"
-          % (args.runs, " | ".join(trees)))
-    print("|---|" + "---|" * len(trees))
-    for k in labels:
-        if any(k in b for b in best):
-            print(f"| {k} | " + " | ".join(f"{b[k]:.3f}" if k in b else "" for b in best) + " |")
+    print_table(f"one weight edited, fresh apply (native CPU s, best of {args.runs})", trees, best,
+                ["imports (pask + backend)"] + [s[2] for s in STAGES])
     return 0
 
 
