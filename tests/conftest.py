@@ -57,3 +57,20 @@ def kernel():
     from pask_ipvs.backend.fake import fake_backends
 
     return fake_backends()
+
+
+@pytest.fixture
+def children_on(monkeypatch):
+    """forked.py's children as on an idle machine of two CPUs. Threads that earlier tests
+    left behind (idle daemon threads: a metrics server's) do not count; a thread the test
+    starts does."""
+    import os
+    import threading
+
+    from pask_ipvs import forked
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setenv(forked.ENV, "1")
+    before = set(threading.enumerate())
+    monkeypatch.setattr(threading, "active_count",
+                        lambda: 1 + sum(1 for t in threading.enumerate() if t not in before))

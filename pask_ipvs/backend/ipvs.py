@@ -18,6 +18,7 @@ import subprocess
 import threading
 from typing import Callable, Iterable, Mapping, Sequence
 
+from .. import forked
 from ..objects import IpvsDest, IpvsObserved, IpvsService, ServiceKey, SyncDaemon
 from . import ipvs_codec as wire, ipvs_layout as layout, ipvs_scan as scan, netlink as nl
 from .base import BackendError
@@ -27,6 +28,9 @@ DEFAULT_BATCH = 256              # messages per sendmsg (docs/kernel-facts.md "P
 DEFAULT_DUMP_WORKERS = 1         # sockets dumping dests in parallel (see bench/ipvs_codec_bench.py)
 DEFAULT_DIGEST_WORKERS = 1 # sockets scanning dest dumps at once (2-4 measured no faster in the VM)
 SERVICES_PER_DUMP_WORKER = 64    # below this many services per socket, one socket is enough
+PARALLEL_MIN_OPS = 4096          # an apply of this many ops or more: some sent by a forked child
+PARALLEL_MIN_SERVICES = 256      # service digests of this many services or more: some by a child
+CHILD_SHARE = 45                 # percent of the ops or services given to it (it also opens a socket)
 RCVBUF_BYTES = 16 << 20          # room for a whole batch of error acks (~1 KiB of skb each)
 SNDBUF_BYTES = 4 << 20           # one sendmsg carries a whole batch
 RECV_CHUNK = 1 << 20             # a dump reply skb is at most a few pages; acks are 36 bytes
@@ -170,6 +174,9 @@ class IpvsNetlink:
         self._encoder: wire.IpvsEncoder | None = None
         self._extra: list[_Conn] = []
         self._scanner = scan.DestConfigScanner()
+        self.parallel_min = PARALLEL_MIN_OPS
+        self.parallel_min_services = PARALLEL_MIN_SERVICES
+        self._new_conn: Callable[[], _Conn] = _Conn     # a forked child's own socket
 
     # plumbing -----------------------------------------------------------
 
@@ -225,8 +232,42 @@ class IpvsNetlink:
     def service_digests(self) -> dict[ServiceKey, bytes] | None:
         """observe()'s ``service_digests`` at a fraction of its cost: the services are decoded,
         but each dest dump only goes through DestConfigScanner's regex (no Python step
-        per dest). None when a service went away meanwhile."""
+        per dest). None when a service went away meanwhile. The digests are in the
+        kernel's order of services. With ``parallel_min_services`` services or more, a
+        forked child digests some of them on a socket of its own (forked.py)."""
         services = self._services(False).services
+        keys = list(services)
+        mine, theirs = keys, keys[len(keys):]
+        child = None
+        if len(keys) >= self.parallel_min_services:
+            cut = len(keys) - len(keys) * CHILD_SHARE // 100
+            mine, theirs = keys[:cut], keys[cut:]
+            child = forked.start(self._digests_in_child, services, theirs)
+            if child is None:
+                mine, theirs = keys, []
+        out = self._digests_of(services, mine)
+        if child is not None:
+            try:
+                got = child.result()
+            except forked.ChildFailed:
+                got = self._digests_of(services, theirs)
+            if out is not None:
+                out = None if got is None else {**out, **got}    # type: ignore[dict-item]
+        return None if out is None else {key: out[key] for key in keys}
+
+    def _digests_in_child(self, services: Mapping[ServiceKey, IpvsService],
+                          keys: list[ServiceKey]) -> dict[ServiceKey, bytes] | None:
+        """A forked child's share of service_digests, on sockets of its own (the parent's
+        answers go to the parent's sockets: the child never touches them)."""
+        self._conn, self._extra = self._new_conn(), []
+        try:
+            return self._digests_of(services, keys)
+        finally:
+            self.close()
+
+    def _digests_of(self, services: Mapping[ServiceKey, IpvsService],
+                    keys: list[ServiceKey]) -> dict[ServiceKey, bytes] | None:
+        """The digests of these services (None when one went away meanwhile)."""
         _, enc = self._main()
         out: dict[ServiceKey, bytes] = {}
         gone: list[ServiceKey] = []
@@ -244,8 +285,8 @@ class IpvsNetlink:
                     return
                 out[key] = scan.service_digest(services[key], found)
 
-        keys = list(services)
-        self._on_sockets(self.digest_workers, len(keys), work)
+        if keys:
+            self._on_sockets(self.digest_workers, len(keys), work)
         return None if gone else out
 
     def expected_digests(self, services: Mapping[ServiceKey, IpvsService],
@@ -373,31 +414,71 @@ class IpvsNetlink:
     # apply ----------------------------------------------------------------
 
     def apply(self, ops: Sequence[object]) -> list[BackendError]:
-        """Encode every op, send them in batches, return one error per failed op (in op order)."""
+        """Encode every op, send them in batches, return one error per failed op (in op order).
+
+        A big apply (``parallel_min`` ops or more: a cold start at scale) gives the ops of
+        some services to a forked child with a socket of its own (forked.py): encoding is
+        most of an apply's cost, and the kernel takes two sockets' batches side by side.
+        The ops of one service stay in one process, in their order; services do not
+        depend on each other."""
         if not ops:
             return []                        # nothing to write: not even a socket
-        conn, enc = self._main()
+        conn, _ = self._main()
         first_seq = conn.reserve(len(ops))
+        mine: Sequence[int] = range(len(ops))
+        child = None
+        if len(ops) >= self.parallel_min:
+            mine, theirs = split_by_service(ops, CHILD_SHARE)
+            if theirs:
+                child = forked.start(self._apply_in_child, ops, theirs, first_seq)
+                if child is None:
+                    mine = range(len(ops))
+        failed = self._apply_share(conn, ops, mine, first_seq)
+        if child is not None:
+            try:
+                answers = child.result()
+            except forked.ChildFailed:       # nothing known of its share: send it from here
+                failed += self._apply_share(conn, ops, theirs, first_seq)
+            else:
+                failed += [(index, BackendError(message, code, ops[index]))
+                           for index, message, code in answers]     # type: ignore[union-attr]
+        failed.sort(key=lambda item: item[0])
+        return [err for _, err in failed]
+
+    def _apply_in_child(self, ops: Sequence[object], indexes: list[int],
+                        first_seq: int) -> list[tuple[int, str, int]]:
+        """A forked child's share on a socket of its own; its failures as plain values."""
+        conn = self._new_conn()
+        try:
+            return [(index, str(err), err.errno)
+                    for index, err in self._apply_share(conn, ops, indexes, first_seq)]
+        finally:
+            conn.close()
+
+    def _apply_share(self, conn: _Conn, ops: Sequence[object], indexes: Sequence[int],
+                     first_seq: int) -> list[tuple[int, BackendError]]:
+        """Send ``ops[i]`` for each i of ``indexes`` (in that order) on ``conn``."""
+        _, enc = self._main()
         flags = nl.NLM_F_REQUEST | (nl.NLM_F_ACK if self.ack_every else 0)
         failed: list[tuple[int, BackendError]] = []          # (op index, error)
         batch = self.batch_size
-        index, count = 0, len(ops)
-        while index < count:
+        at, count = 0, len(indexes)
+        while at < count:
             # Encoded a batch at a time: the messages of a cold apply (34k, ~7 MB with their
             # list) are never all in memory at once.
             chunk: list[tuple[int, bytes]] = []              # (op index, message)
-            while index < count and len(chunk) < batch:
+            while at < count and len(chunk) < batch:
+                index = indexes[at]
                 op = ops[index]
                 try:
                     chunk.append((index, enc.op(op, (first_seq + index) & SEQ_MASK, flags)))
                 except ValueError as exc:    # the kernel would answer EINVAL; do not send it
                     failed.append((index, BackendError(f"{describe_op(op)}: {exc} (EINVAL)",
                                                        errno_mod.EINVAL, op)))
-                index += 1
+                at += 1
             if chunk and self._send_batch(conn, ops, first_seq, chunk, failed):
                 batch = max(1, batch // 4)   # acks were dropped: smaller batches from now on
-        failed.sort(key=lambda item: item[0])
-        return [err for _, err in failed]
+        return failed
 
     def _send_batch(self, conn: _Conn, ops: Sequence[object], first_seq: int,
                     chunk: list[tuple[int, bytes]], failed: list[tuple[int, BackendError]]) -> bool:
@@ -505,6 +586,24 @@ class IpvsNetlink:
 
     def _kernel_modules(self) -> set[str]:
         return kernel_module_names(self.modules_dir)
+
+
+def split_by_service(ops: Sequence[object], share: int) -> tuple[list[int], list[int]]:
+    """The indexes of ``ops`` in two shares, the second about ``share`` percent of them:
+    whole services (all the ops of one service in one share), each share in op order."""
+    groups: dict[object, list[int]] = {}
+    for index, op in enumerate(ops):
+        value = op.after if op.after is not None else op.before     # type: ignore[attr-defined]
+        key = getattr(value, "service", None) if op.kind == "dest" else getattr(value, "key", None)  # type: ignore[attr-defined]
+        groups.setdefault(key, []).append(index)
+    keep = len(ops) - len(ops) * share // 100
+    mine: list[int] = []
+    theirs: list[int] = []
+    for indexes in groups.values():
+        (mine if len(mine) < keep else theirs).extend(indexes)
+    mine.sort()
+    theirs.sort()
+    return mine, theirs
 
 
 def describe_op(op: object) -> str:

@@ -39,6 +39,8 @@ CACHE_NAME = "config-cache.pickle"
 FORMAT = 2
 FULL_PARSE_SHARE = 8       # more than 1/8 of the items new: -v says 'full' (they are parsed in batches)
 BATCH = 64                 # new items parsed, validated and modelled together (memory of one small load)
+PARALLEL_MIN = 256         # this many new items or more: some parsed in a forked child
+CHILD_SHARE = 45           # percent of them: the child also pickles its models, the parent unpickles them
 
 # YAML features a line-based split cannot follow safely: anchors/aliases, tags,
 # block scalars, directives, tabs, CR line ends, document markers, a BOM.
@@ -273,11 +275,14 @@ def _from_entry(entry: dict, path: str) -> Config | None:
 def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
                 known: dict[bytes, bytes], live: dict[bytes, Service]) -> Config | None:
     """The config from this process's models (``live``), the cached items (``known``,
-    pickled) and the new items, parsed alone; None on any doubt."""
+    pickled) and the new items, parsed alone; None on any doubt. Many new items (a cold
+    start) are parsed half in a forked child (forked.py), whose pickled models also go
+    into ``known``: the cache keeps them as they are."""
     import pickle
+    from .. import forked
     from ..errors import NO_LINES
     from ..load import gc_paused
-    from ..model import build_model, build_service
+    from ..model import build_model
     from ..validate import validate
     from ..yaml_fast import read_fast
 
@@ -293,23 +298,7 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
         if validate(head_doc, NO_LINES, path):
             return None
         services: list[Service | None] = []
-        batch: list[int] = []              # indexes of new items, parsed together
-
-        def parse() -> bool:
-            """The batch's items: read as one block sequence (a run of items of the file is
-            one), validated with the head, each modelled; their data dropped after."""
-            data = read_fast("".join([items[i] for i in batch]))
-            if not isinstance(data, list) or len(data) != len(batch) or \
-                    not all(isinstance(item, dict) for item in data):
-                return False
-            if validate({**head_data, "services": data}, NO_LINES, path):
-                return False
-            for i, raw in zip(batch, data):
-                services[i] = build_service(raw)
-            batch.clear()
-            return True
-
-        for i, digest in enumerate(digests):
+        for digest in digests:
             svc = live.get(digest)
             if svc is None:
                 blob = known.get(digest)
@@ -319,15 +308,66 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
                     except Exception:
                         return None
             services.append(svc)
-            if svc is None:
-                batch.append(i)
-                if len(batch) >= BATCH and not parse():
-                    return None
-        if batch and not parse():
+        new = [i for i, svc in enumerate(services) if svc is None]
+        child = None
+        if len(new) >= PARALLEL_MIN:
+            cut = len(new) - len(new) * CHILD_SHARE // 100
+            theirs, new = new[cut:], new[:cut]
+            child = forked.start(_parse_pickled, path, head_data, [items[i] for i in theirs])
+            if child is None:
+                new += theirs
+        mine = _parse(path, head_data, [items[i] for i in new])
+        if mine is None:
             return None
+        for i, svc in zip(new, mine):
+            services[i] = svc
+        if child is not None:
+            try:
+                blobs = child.result()
+            except forked.ChildFailed:
+                blobs = _parse_pickled(path, head_data, [items[i] for i in theirs])
+            if blobs is None:
+                return None
+            for i, blob in zip(theirs, blobs):
+                services[i] = pickle.loads(blob)
+                known[digests[i]] = blob
     if not _services_agree(services):     # type: ignore[arg-type]
         return None
     return replace(build_model(head_doc, path), services=tuple(services))
+
+
+def _parse(path: str, head_data: dict, texts: list[str]) -> list[Service] | None:
+    """The models of these items, parsed ``BATCH`` at a time (each batch read as one block
+    sequence, validated with the head, modelled, its data dropped); None on any doubt."""
+    from ..errors import NO_LINES
+    from ..model import build_service
+    from ..validate import validate
+    from ..yaml_fast import read_fast
+
+    out: list[Service] = []
+    for at in range(0, len(texts), BATCH):
+        batch = texts[at:at + BATCH]
+        data = read_fast("".join(batch))
+        if not isinstance(data, list) or len(data) != len(batch) or \
+                not all(isinstance(item, dict) for item in data):
+            return None
+        if validate({**head_data, "services": data}, NO_LINES, path):
+            return None
+        out += [build_service(raw) for raw in data]
+    return out
+
+
+def _parse_pickled(path: str, head_data: dict, texts: list[str]) -> list[bytes] | None:
+    """_parse, each model pickled as the cache keeps it (a child's share)."""
+    import pickle
+
+    from ..load import gc_paused
+
+    with gc_paused():
+        models = _parse(path, head_data, texts)
+        if models is None:
+            return None
+        return [pickle.dumps(svc, pickle.HIGHEST_PROTOCOL) for svc in models]
 
 
 def _aligned(config: Config, items: list[str]) -> bool:

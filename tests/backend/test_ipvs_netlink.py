@@ -232,3 +232,173 @@ def test_expected_digests_are_what_the_kernel_digests_once_a_reply_was_seen(tabl
         want = backend.expected_digests(table.services, changed)
         assert want[T] != have[T] and {k: v for k, v in want.items() if k != T} == \
             {k: v for k, v in have.items() if k != T}
+
+
+# -- a big apply: some services' ops sent by a forked child ---------------------------------
+
+FAIL_ADDR = "10.99.9.9"            # a dest at this address is answered EEXIST by AckSocket
+
+
+class AckSocket:
+    """A netlink socket that acks writes: EEXIST for a dest at FAIL_ADDR, else an ack where
+    one was asked for. Each message it takes is logged to a file (pid, seq), so that a
+    forked child's share is seen by the test."""
+
+    def __init__(self, log: str):
+        self.log = log
+        self.replies: deque[bytes] = deque()
+
+    def send(self, data) -> int:
+        import os
+        import socket
+        marker = socket.inet_aton(FAIL_ADDR)
+        with open(self.log, "a") as f:
+            for hdr in nl.iter_messages(data, len(data)):
+                f.write(f"{os.getpid()} {hdr.seq}\n")
+                if marker in bytes(data[hdr.start:hdr.end]):
+                    self.replies.append(_error(hdr.seq, errno.EEXIST))
+                elif hdr.flags & nl.NLM_F_ACK:
+                    self.replies.append(_error(hdr.seq, 0))
+        return len(data)
+
+    sendall = send
+
+    def recv_into(self, buf: bytearray, nbytes: int = 0, flags: int = 0) -> int:
+        if not self.replies:
+            raise BlockingIOError
+        data = b"".join(self.replies)
+        self.replies.clear()
+        buf[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _conn_on(sock) -> ipvs_mod._Conn:
+    conn = ipvs_mod._Conn.__new__(ipvs_mod._Conn)
+    conn.sock, conn.buf, conn._seq = sock, bytearray(ipvs_mod.RECV_CHUNK), 0
+    return conn
+
+
+def _big_plan(services: int = 20, dests: int = 5):
+    from builders import op_add as add
+    ops, keys = [], []
+    for i in range(services):
+        key = ServiceKey.virtual("tcp", f"10.99.0.{i + 1}", 80)
+        ops.append(add(IpvsService(key, "rr")))
+        for j in range(dests):
+            addr = FAIL_ADDR if (i, j) in ((3, 2), (15, 4)) else f"10.99.1.{j + 1}"
+            ops.append(add(IpvsDest(key, addr, 8080, "masq", 1)))
+        keys += [key] * (1 + dests)
+    return ops, keys
+
+
+@pytest.fixture
+def forking(children_on, tmp_path):
+    """A backend on AckSockets (its child's too) that forks from 2 ops; the log of sends."""
+    log = str(tmp_path / "sent")
+    backend = IpvsNetlink(batch_size=16)
+    backend._conn, backend._encoder = _conn_on(AckSocket(log)), w.IpvsEncoder(FAMILY)
+    backend._new_conn = lambda: _conn_on(AckSocket(log))
+    backend.parallel_min = 2
+
+    def sent() -> list[tuple[int, int]]:
+        with open(log) as f:
+            return [tuple(map(int, line.split())) for line in f]
+    return backend, sent
+
+
+def test_a_big_apply_sends_whole_services_from_a_child(forking):
+    import os
+    backend, sent = forking
+    ops, keys = _big_plan()
+    errors = backend.apply(ops)
+    # failures of both shares, each on its own op, in op order
+    failing = [i for i, op in enumerate(ops) if op.kind == "dest" and op.after.addr == FAIL_ADDR]
+    assert [(id(e.op), e.errno) for e in errors] == [(id(ops[i]), errno.EEXIST) for i in failing]
+    assert FAIL_ADDR in str(errors[0]) and "EEXIST" in str(errors[0])
+    log = sent()
+    seqs = sorted(seq for _, seq in log)
+    assert seqs == list(range(seqs[0], seqs[0] + len(ops)))          # every op sent once
+    pids = {pid for pid, _ in log}
+    assert len(pids) == 2 and os.getpid() in pids
+    by_service: dict = {}
+    for pid, seq in log:
+        by_service.setdefault(keys[seq - seqs[0]], set()).add(pid)
+    assert all(len(p) == 1 for p in by_service.values())             # a service: one process
+    for pid in pids:                                                  # each in op order
+        mine = [seq for p, seq in log if p == pid]
+        assert mine == sorted(mine)
+    child_ops = sum(1 for pid, _ in log if pid != os.getpid())
+    assert 0.3 * len(ops) < child_ops < 0.6 * len(ops)
+
+
+def test_a_child_that_fails_leaves_its_share_to_the_parent(forking, monkeypatch):
+    import os
+    backend, sent = forking
+    parent = os.getpid()
+    real = IpvsNetlink._apply_in_child
+
+    def dies(self, *args):
+        if os.getpid() != parent:
+            os._exit(5)
+        return real(self, *args)
+    monkeypatch.setattr(IpvsNetlink, "_apply_in_child", dies)
+    ops, _ = _big_plan()
+    errors = backend.apply(ops)
+    assert len(errors) == 2 and all(e.errno == errno.EEXIST for e in errors)
+    log = sent()
+    assert {pid for pid, _ in log} == {parent} and len(log) == len(ops)
+
+
+def test_a_small_apply_forks_nothing(forking):
+    import os
+    backend, sent = forking
+    backend.parallel_min = 1000
+    ops, _ = _big_plan()
+    assert len(backend.apply(ops)) == 2
+    assert {pid for pid, _ in sent()} == {os.getpid()}
+
+
+def test_split_by_service_keeps_services_whole_and_in_order():
+    ops, keys = _big_plan(services=10, dests=9)
+    mine, theirs = ipvs_mod.split_by_service(ops, 45)
+    assert sorted(mine + theirs) == list(range(len(ops)))
+    assert mine == sorted(mine) and theirs == sorted(theirs)
+    assert not {keys[i] for i in mine} & {keys[i] for i in theirs}
+    assert len(theirs) == 40 and len(mine) == 60           # whole services of 10 ops: 4 and 6
+    assert ipvs_mod.split_by_service(ops[:10], 45) == (list(range(10)), [])   # one service
+
+
+def _forking_digests(table, child_sock=None):
+    """A backend whose service_digests gives the last services to a forked child, whose
+    own socket is ``child_sock`` (a KernelSocket on the same table, by default)."""
+    backend = backend_on(KernelSocket(table))
+    backend.parallel_min_services = 2
+    backend._new_conn = lambda: _conn_on(child_sock or KernelSocket(table))
+    return backend
+
+
+def test_fingerprint_with_a_child_equals_one_process_in_the_kernels_order(table, children_on):
+    want = backend_on(KernelSocket(table)).service_digests()
+    backend = _forking_digests(table)
+    sock = backend._conn.sock
+    got = backend.service_digests()
+    assert got == want and list(got) == list(table.services)
+    # the parent dumped the first services' dests only: the child the others
+    dumped = [key for cmd, _, key in sock.requests if cmd == w.IPVS_CMD_GET_DEST]
+    assert dumped == list(table.services)[:len(dumped)] and 0 < len(dumped) < len(table.services)
+
+
+def test_fingerprint_of_a_service_gone_in_the_childs_share_is_none(table, children_on):
+    child_sock = KernelSocket(table)
+    real_answer = child_sock._answer
+
+    def vanish(cmd, flags, seq, key):
+        if cmd == w.IPVS_CMD_GET_DEST and key == M7:      # the last service: the child's
+            return _error(seq, errno.ESRCH)
+        return real_answer(cmd, flags, seq, key)
+    child_sock._answer = vanish
+    backend = _forking_digests(table, child_sock)
+    assert backend.service_digests() is None

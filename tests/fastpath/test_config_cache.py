@@ -420,12 +420,82 @@ def test_a_cold_load_parses_batches_of_items_and_equals_the_full_load(tmp_path, 
     (lambda t: t.replace("{address: 10.99.100.2, port: 8080}", "{address: 10.99.100.2, port: 010}"),
      "quote"),
 ])
-def test_a_cold_load_with_a_problem_gives_the_full_loads_errors(tmp_path, cache_file, edit, expect):
+@pytest.mark.parametrize("child", [False, True], ids=["one process", "half in a child"])
+def test_a_cold_load_with_a_problem_gives_the_full_loads_errors(tmp_path, cache_file, edit, expect,
+                                                                 child, with_children):
+    children = with_children(child)
     path = tmp_path / "c.yaml"
     changed = edit(yaml_config(150))
     want = outcome(path, changed)
     assert want[0] == "error" and any(expect in p for p in want[1]), want
     assert outcome(path, changed, ConfigCache(cache_file)) == want
+    assert len(children) == child
+
+
+@pytest.fixture
+def with_children(children_on, monkeypatch):
+    return lambda on: _with_children(monkeypatch, on)
+
+
+def _with_children(monkeypatch, on: bool) -> list:
+    """Children on (as on a machine of two CPUs, from 2 new items) or off; the list of
+    children started fills as they are."""
+    from pask_ipvs import forked
+
+    monkeypatch.setenv(forked.ENV, "1" if on else "0")
+    monkeypatch.setattr(config_cache, "PARALLEL_MIN", 2)
+    started = []
+    real = forked.start
+
+    def start(fn, *args):
+        child = real(fn, *args)
+        if child is not None:
+            started.append(child)
+        return child
+    monkeypatch.setattr(forked, "start", start)
+    return started
+
+
+def test_a_cold_load_parses_half_in_a_child_and_caches_its_models(tmp_path, cache_file, with_children, monkeypatch):
+    """Many new items: the second half is parsed in a forked child; the config is the full
+    load's, and the child's pickled models are what the cache keeps for those items."""
+    children = with_children(True)
+    path = tmp_path / "c.yaml"
+    text = yaml_config(150)
+    cache = ConfigCache(cache_file)
+    config = cache.load(str(path), text)
+    assert len(children) == 1 and children[0].pid != os.getpid()
+    assert config == load_config(str(path), text) and cache.how == "full"
+    assert cache.save()
+    again = ConfigCache(cache_file)
+    assert again.load(str(path), text) == config and again.how == "cached"
+
+
+def test_a_child_that_dies_leaves_its_share_to_the_parent(tmp_path, cache_file, with_children, monkeypatch):
+    children = with_children(True)
+    parent = os.getpid()
+    real = config_cache._parse_pickled
+
+    def dies_in_the_child(*args):
+        if os.getpid() != parent:
+            os._exit(9)
+        return real(*args)
+    monkeypatch.setattr(config_cache, "_parse_pickled", dies_in_the_child)
+    path = tmp_path / "c.yaml"
+    text = yaml_config(150)
+    cache = ConfigCache(cache_file)
+    assert cache.load(str(path), text) == load_config(str(path), text)
+    assert len(children) == 1
+    assert cache.save() and ConfigCache(cache_file).load(str(path), text) == load_config(str(path), text)
+
+
+def test_few_new_items_start_no_child(tmp_path, cache_file, with_children, monkeypatch):
+    children = with_children(True)
+    monkeypatch.setattr(config_cache, "PARALLEL_MIN", 256)
+    path = tmp_path / "c.yaml"
+    text = yaml_config(150)
+    assert ConfigCache(cache_file).load(str(path), text) == load_config(str(path), text)
+    assert children == []
 
 
 def test_a_real_server_pickles_to_itself():
