@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -114,13 +115,16 @@ def default_backends(offline: bool) -> "Callable[[], Backends]":
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "pask-apply",
-         backends: "Callable[[], Backends] | None" = None) -> int:
-    """The pask-apply console script. ``backends``: a factory of the kernel's backends
-    (default: the real kernel, or the fakes with --offline)."""
+         backends: "Callable[[], Backends] | None" = None, exiting: bool = False) -> int:
+    """pask-apply. ``backends``: a factory of the kernel's backends (default: the real
+    kernel, or the fakes with --offline); ``exiting``: the process ends right after
+    (ApplyRequest.exiting)."""
+    from dataclasses import replace
+
     from ..pipeline import apply_config
 
     args = parser(prog).parse_args(argv)
-    request = request_of(args)
+    request = replace(request_of(args), exiting=exiting)
     report = apply_config(request, backends or default_backends(args.offline),
                           TextOutput(args.format, args.quiet))
     if args.format == "json":
@@ -128,5 +132,17 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "pask-apply",
     return exit_code(request, report)
 
 
+def run() -> None:
+    """The console script: main(), then the process ends at once (output flushed, the
+    exit code main's), leaving what the run built to the OS instead of freeing it
+    object by object, and skipping the interpreter's teardown (~1 s in the IPVS VM
+    after a cold apply at 1024 x 32). Nothing is left to write: the state file and the
+    config cache are written whole (storage.write_atomic) before main returns."""
+    code = main(exiting=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -150,3 +150,41 @@ def test_a_big_apply_reports_its_size_and_counts(kernel, tmp_path, capsys):
     assert out == (f"applied {n} changes ("
                    + ", ".join(f"{c} {k}" for k, c in counts.items() if c) + ").\n"
                    "Applied and verified: the kernel matches the config.\n")
+
+
+# -- the console script: run() ends the process at once ----------------------------------
+
+def _console(tmp_path, *argv):
+    """pask-apply as installed (pask_ipvs.cli.apply:run), in a child process."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", "from pask_ipvs.cli.apply import run; run()",
+                           *map(str, argv)], capture_output=True, text=True, cwd=tmp_path)
+
+
+def test_the_console_script_exits_with_mains_code_and_all_its_output(files, tmp_path):
+    cfg, state = files
+    done = _console(tmp_path, "--offline", "--format", "json", "--detailed-exitcode", cfg)
+    assert done.returncode == 2, done.stderr
+    report = json.loads(done.stdout)                  # the whole JSON, flushed before the exit
+    assert report["changed"] and report["errors"] == []
+    assert sum(1 for op in report["ops"] if op["kind"] in ("service", "dest")) == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("scheduler: rr", "scheduler: fastest"))
+    done = _console(tmp_path, "--offline", *state, bad)
+    assert done.returncode == 1 and f"{bad}:7: $.services[0].scheduler" in done.stderr
+    done = _console(tmp_path, "--help")
+    assert done.returncode == 0 and "pask-apply" in done.stdout
+
+
+def test_an_exiting_run_leaves_its_objects_to_the_exit_and_others_do_not(files, monkeypatch, capsys):
+    from pask_ipvs import pipeline
+    monkeypatch.setattr(pipeline, "_LEFT_TO_EXIT", [])
+    cfg, state = files
+    kernel = fake_backends()
+    assert apply_main([*state, str(cfg)], backends=lambda: kernel) == 0
+    assert pipeline._LEFT_TO_EXIT == []
+    cfg.write_text(GOOD.replace("weight: 3", "weight: 4"))
+    assert apply_main([*state, str(cfg)], backends=lambda: kernel, exiting=True) == 0
+    (config, _cache, planned, outcome), = pipeline._LEFT_TO_EXIT
+    assert config.services[0].name == "web" and outcome.verified
