@@ -5,34 +5,11 @@ from __future__ import annotations
 import json
 import os
 
+from .atomic_file import write_atomic
+
 
 def write_json_atomic(path: str, data: object) -> None:
     write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
-
-
-def write_atomic(path: str, data: bytes, dir_mode: int = 0o755) -> None:
-    """Write a private (0600) file whole or not at all: a temp file beside it, renamed
-    over it. (Not tempfile: importing it costs the no-op fast path a tenth of a second
-    under emulation. The pid makes the temp name this process's own; pask writes
-    each file from one thread.)"""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=dir_mode, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}.{os.getpid()}")
-    try:
-        os.unlink(tmp)                      # left by a crashed run with this pid
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class locked:

@@ -17,6 +17,7 @@ import subprocess
 import time
 from typing import Callable, Iterable
 
+from ..atomic_file import write_atomic
 from ..objects import Engine, EngineFile, EngineObserved
 from .base import BackendError
 
@@ -41,21 +42,7 @@ def read_file(path: str) -> EngineFile:
 def write_file(spec: EngineFile) -> None:
     """Whole or not at all, with the engine's mode (keepalived refuses a notify script that
     others may write)."""
-    directory = os.path.dirname(spec.path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.path.basename(spec.path)}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, spec.mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(spec.content)
-        os.chmod(tmp, spec.mode)
-        os.replace(tmp, spec.path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(spec.path, spec.content.encode("utf-8"), mode=spec.mode)
 
 
 def processes(proc: str = "/proc") -> dict[int, tuple[int, tuple[str, ...]]]:

@@ -137,7 +137,7 @@ def run() -> None:
     exit code main's), leaving what the run built to the OS instead of freeing it
     object by object, and skipping the interpreter's teardown (~1 s in the IPVS VM
     after a cold apply at 1024 x 32). Nothing is left to write: the state file and the
-    config cache are written whole (storage.write_atomic) before main returns."""
+    config cache are written whole (atomic_file.write_atomic) before main returns."""
     code = main(exiting=True)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

@@ -233,7 +233,7 @@ class ConfigCache:
             return True
         import pickle
 
-        from ..storage import write_atomic
+        from ..atomic_file import write_atomic
         code, file_digest, config, digests, known = self._learnt
         entry: dict = {"format": FORMAT, "code": code, "file": file_digest,
                        "head": pickle.dumps(replace(config, services=(), source=""),
