@@ -14,7 +14,6 @@ test VM: a proxy for the VM's stage profile (docs/performance.md), not the VM's 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import json
 import os
@@ -22,6 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scale import StageTimer  # noqa: E402
 
 # (module, attribute, label); "Class.method" wraps a method.
 STAGES = [
@@ -48,39 +50,13 @@ STAGES = [
 ]
 
 
-class Timer:
-    def __init__(self) -> None:
-        self.stack: list[str] = []
-        self.rec: dict[str, float] = {}
-
-    def wrap(self, owner: object, attr: str, label: str) -> None:
-        orig = getattr(owner, attr, None)
-        if orig is None or getattr(orig, "_timed", False):
-            return
-
-        @functools.wraps(orig)
-        def timed(*a, **k):
-            if label in self.stack:          # recursion / re-entry: time the outer call only
-                return orig(*a, **k)
-            self.stack.append(label)
-            t = time.process_time()
-            try:
-                return orig(*a, **k)
-            finally:
-                self.rec[label] = self.rec.get(label, 0.0) + time.process_time() - t
-                self.stack.pop()
-
-        timed._timed = True
-        setattr(owner, attr, timed)
-
-
 def child(tree: str, config: str) -> dict:
     t0 = time.process_time()
     sys.path.insert(0, tree)
     from pask_ipvs.backend.fake import fake_backends
     from pask_ipvs.pipeline import ApplyRequest, apply_config
     imports = time.process_time() - t0
-    timer = Timer()
+    timer = StageTimer(clock=time.process_time, by_path=False)
     for mod, attr, label in STAGES:
         try:
             owner = importlib.import_module(mod)
@@ -114,7 +90,7 @@ def child(tree: str, config: str) -> dict:
         total = time.process_time() - t
         assert not report["errors"] and report["verified"], report["errors"]
         out = {"imports (pask + fakes)": imports}
-        out.update(timer.rec)
+        out.update(timer.totals())
         out["apply_config total"] = total
         t = time.process_time()          # the same again: the no-op fast path (fake kernel)
         report = apply_config(request, lambda: b, Quiet())

@@ -27,6 +27,70 @@ def _load(d: str, name: str) -> dict | None:
         return None
 
 
+def _runs(d: str, base: str) -> list[dict]:
+    """A boot's result and its repeats (run.sh --repeat): BASE.json, BASE.r2.json, ..."""
+    out, name = [], base + ".json"
+    while (r := _load(d, name)) is not None:
+        out.append(r)
+        name = f"{base}.r{len(out) + 1}.json"
+    return out
+
+
+def _best_section(runs: list[dict], section: str, key: str = "s") -> dict | None:
+    """``section`` of the run where it went fastest (runs that failed it left out)."""
+    ok = [r[section] for r in runs if isinstance(r.get(section), dict) and r[section].get("ok")
+          and r[section].get(key) is not None]
+    return min(ok, key=lambda part: part[key]) if ok else _get(runs[0] if runs else None, section)
+
+
+def best_pask(d: str, base: str = "pask-1024") -> dict | None:
+    """pask's 1024 result with each scenario from its fastest repeat: a shared machine
+    slows whole boots, so the best run is the closest to the code's own cost."""
+    runs = _runs(d, base)
+    if not runs:
+        return None
+    out = dict(runs[0])
+    for section in ("cold", "noop", "change"):
+        if section in out:
+            out[section] = _best_section(runs, section)
+    if "healthd_reload" in out:
+        out["healthd_reload"] = _best_section(runs, "healthd_reload", "reload_s")
+    return out
+
+
+def best_keepalived(d: str) -> dict | None:
+    """keepalived's result with its fastest cold start (and that boot's memory) and its
+    fastest reload, over the repeats."""
+    runs = _runs(d, "keepalived-1024")
+    if not runs:
+        return None
+    out = dict(runs[0])
+    cold = [r for r in runs if r.get("cold_ok") and r.get("cold_s") is not None]
+    if cold:
+        fast = min(cold, key=lambda r: r["cold_s"])
+        out.update(cold_s=fast["cold_s"], cold_ok=True, peak_rss_kb=fast.get("peak_rss_kb"))
+    reload = [r for r in runs if r.get("reload_ok") and r.get("reload_s") is not None]
+    if reload:
+        out.update(reload_s=min(r["reload_s"] for r in reload), reload_ok=True)
+    return out
+
+
+def repeats_note(d: str) -> str | None:
+    """Every run of the repeated boots, when there are repeats."""
+    pask, ka = _runs(d, "pask-1024"), _runs(d, "keepalived-1024")
+    if len(pask) < 2 and len(ka) < 2:
+        return None
+
+    def series(runs, *path):
+        return " / ".join(_s(_get(r, *path)) for r in runs)
+    return (f"* repeated boots (each row takes the best run): pask cold {series(pask, 'cold', 's')}; "
+            f"no-op {series(pask, 'noop', 's')}; one weight {series(pask, 'change', 's')}; "
+            f"pask-healthd reload {series(pask, 'healthd_reload', 'reload_s')}; "
+            f"keepalived cold {series(ka, 'cold_s')}, reload {series(ka, 'reload_s')}; "
+            f"no-op in keepalived's boot "
+            f"{series(_runs(d, 'pask-noop-after-keepalived'), 'noop', 's')}")
+
+
 def _s(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f} s"
 
@@ -69,8 +133,8 @@ ISSUE = "issue 13"
 
 
 def results_table(d: str) -> str:
-    pask = _load(d, "pask-1024.json")
-    ka = _load(d, "keepalived-1024.json")
+    pask = best_pask(d)
+    ka = best_keepalived(d)
     rs = _load(d, "restore-1024.json")
     sizes = {n: _load(d, f"pask-{n}.json") for n in (256, 1024, 4096)}
     objs = _get(pask, "objects") or _get(ka, "objects")
@@ -115,7 +179,7 @@ def results_table(d: str) -> str:
                  f"0 kernel writes and <= {TARGETS['noop']} x keepalived's cold start" +
                  (f" (is {r:.2f} x)" if r is not None else ""),
                  _verdict(None if r is None else (nops == 0 and r <= TARGETS["noop"]))))
-    side = _load(d, "pask-noop-after-keepalived.json")
+    side = best_pask(d, "pask-noop-after-keepalived")
     if side:
         sn = _get(side, "noop")
         s_noop = _get(sn, "s") if _get(sn, "ok") else None
@@ -223,6 +287,9 @@ def env_notes(d: str) -> str:
     if calib:
         lines.append("* CPU speed check (seconds for a fixed Python loop at the start of each boot; "
                      "equal numbers = comparable runs, larger = a busier machine): " + ", ".join(calib))
+    note = repeats_note(d)
+    if note:
+        lines.append(note)
     ka = _load(d, "keepalived-1024.json")
     if ka:
         lines.append(f"* keepalived: {ka.get('version', '?')}; completion polled every 0.05 s from "

@@ -7,6 +7,9 @@
 #                           on an idle 2-core machine; much longer when other VMs run)
 #   bench/run.sh --quick    1024 x 32 only, each tool once (3 boots)
 #   bench/run.sh --no-profile   the full table without the two profiling boots
+#   bench/run.sh --repeat N     the 1024 x 32 boots of pask-apply and keepalived N times,
+#                           alternating; the table takes each one's best run (a shared
+#                           machine slows some boots 2x) and lists every run
 #
 # Why one boot per cold measurement: a kernel that has just cleared a big IPVS
 # table refills it ~3x slower for minutes (docs/performance.md), so nothing is
@@ -25,15 +28,18 @@ cd "$ROOT"
 say() { echo "bench: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
-QUICK=0 PROFILE=1
+QUICK=0 PROFILE=1 REPEAT=1 want_n=0
 for a in "$@"; do
+    if [ $want_n = 1 ]; then REPEAT=$a; want_n=0; continue; fi
     case $a in
         --quick) QUICK=1; PROFILE=0 ;;
         --no-profile) PROFILE=0 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --repeat) want_n=1 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) die "unknown option $a (see --help)" ;;
     esac
 done
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "--repeat wants a count of 1 or more"
 [ "$(id -u)" = 0 ] || die "run as root (the VM and IPVS need it)"
 
 if [ -x integration/vm-run ]; then VMRUN=$ROOT/integration/vm-run
@@ -85,9 +91,12 @@ boot() {   # boot NAME 'command run in the VM, from the repo root'
 
 VPY=$PY   # the VM sees this machine's filesystem: the same interpreter, by full path
 M=$OUT/scale-1024
-boot pask-1024 "$VPY bench/scale.py run $M.yaml --meta $M.meta.json --changed $M.changed.yaml --save-state $OUT/state-1024 --out $OUT/pask-1024.json"
-# keepalived, then (its table left in place: it is killed, not stopped) pask's no-op in the same boot
-boot keepalived-1024 "$VPY bench/peers.py keepalived --dir $OUT --name scale-1024 --out $OUT/keepalived-1024.json && $VPY bench/scale.py noop $M.changed.yaml --out $OUT/pask-noop-after-keepalived.json"
+for i in $(seq 1 "$REPEAT"); do
+    r=$([ "$i" = 1 ] || echo ".r$i")     # repeats: pask-1024.r2.json, keepalived-1024.r2.json, ...
+    boot pask-1024$r "$VPY bench/scale.py run $M.yaml --meta $M.meta.json --changed $M.changed.yaml $([ "$i" = 1 ] && echo "--save-state $OUT/state-1024") --out $OUT/pask-1024$r.json"
+    # keepalived, then (its table left in place: it is killed, not stopped) pask's no-op in the same boot
+    boot keepalived-1024$r "$VPY bench/peers.py keepalived --dir $OUT --name scale-1024 --out $OUT/keepalived-1024$r.json && $VPY bench/scale.py noop $M.changed.yaml --out $OUT/pask-noop-after-keepalived$r.json"
+done
 boot restore-1024 "$VPY bench/peers.py restore --dir $OUT --name scale-1024 --out $OUT/restore-1024.json"
 if [ $QUICK = 0 ]; then
     # a reboot: empty kernel, pask's state file and config cache kept from the run above

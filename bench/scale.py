@@ -334,12 +334,16 @@ def healthd_reload(tmp: str, running: str, edited: str, change: dict, timeout: f
 # -- where the time goes ---------------------------------------------------------------
 
 class StageTimer:
-    """Wall time per pipeline function, by call path, with no profiler overhead.
+    """Time per pipeline function, with no profiler overhead: by call path, wall clock (the
+    profile boot), or with ``by_path=False`` by label, the outermost call only (re-entry
+    is not counted twice), on any ``clock`` (bench/cold_bench.py: process CPU per stage).
 
     Wraps module attributes (and backend methods) in place; pipeline.apply_config
     imports its steps at call time, so it picks the wrapped ones up."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.perf_counter, by_path: bool = True) -> None:
+        self.clock = clock
+        self.by_path = by_path
         self.stack: list[str] = []
         self.rec: dict[tuple[str, ...], list[float]] = {}
 
@@ -350,16 +354,18 @@ class StageTimer:
 
         @functools.wraps(orig)
         def timed_call(*a, **k):
-            path = (*self.stack, label)
+            if not self.by_path and label in self.stack:
+                return orig(*a, **k)
+            path = (*self.stack, label) if self.by_path else (label,)
             self.stack.append(label)
-            t = time.perf_counter()
+            t = self.clock()
             try:
                 r = orig(*a, **k)
                 if inspect.isgenerator(r):
                     r = iter(list(r))
                 return r
             finally:
-                dt = time.perf_counter() - t
+                dt = self.clock() - t
                 self.stack.pop()
                 slot = self.rec.setdefault(path, [0.0, 0])
                 slot[0] += dt
@@ -371,6 +377,10 @@ class StageTimer:
     def rows(self) -> list[dict]:
         return [{"path": " > ".join(p), "s": round(v[0], 4), "calls": v[1]}
                 for p, v in sorted(self.rec.items())]
+
+    def totals(self) -> dict[str, float]:
+        """Seconds by path (by label with by_path=False)."""
+        return {" > ".join(p): v[0] for p, v in self.rec.items()}
 
 
 STAGES = [  # (module, attribute, label); a class name in the module means its method.
