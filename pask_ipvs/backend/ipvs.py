@@ -420,7 +420,8 @@ class IpvsNetlink:
         some services to a forked child with a socket of its own (forked.py): encoding is
         most of an apply's cost, and the kernel takes two sockets' batches side by side.
         The ops of one service stay in one process, in their order; services do not
-        depend on each other."""
+        depend on each other. A child that dies leaves the outcome of its ops unknown:
+        each is reported so (ENOBUFS, retryable), as an op whose ack was dropped."""
         if not ops:
             return []                        # nothing to write: not even a socket
         conn, _ = self._main()
@@ -437,7 +438,12 @@ class IpvsNetlink:
         if child is not None:
             try:
                 answers = child.result()
-            except forked.ChildFailed:       # nothing known of its share: send it from here
+            except forked.ChildFailed as exc:
+                # it may have sent some of its share: each op's outcome is unknown, reported
+                # as such (retryable, like an op whose ack was dropped), not guessed or resent
+                answers = [(i, f"{describe_op(ops[i])}: outcome unknown, the process sending "
+                               f"it failed ({exc})", errno_mod.ENOBUFS) for i in theirs]
+            if answers is None:              # it could not open a socket: nothing was sent
                 failed += self._apply_share(conn, ops, theirs, first_seq)
             else:
                 failed += [(index, BackendError(message, code, ops[index]))
@@ -446,9 +452,13 @@ class IpvsNetlink:
         return [err for _, err in failed]
 
     def _apply_in_child(self, ops: Sequence[object], indexes: list[int],
-                        first_seq: int) -> list[tuple[int, str, int]]:
-        """A forked child's share on a socket of its own; its failures as plain values."""
-        conn = self._new_conn()
+                        first_seq: int) -> list[tuple[int, str, int]] | None:
+        """A forked child's share on a socket of its own; its failures as plain values.
+        None when it has no socket (nothing sent: the parent sends the share)."""
+        try:
+            conn = self._new_conn()
+        except OSError:
+            return None
         try:
             return [(index, str(err), err.errno)
                     for index, err in self._apply_share(conn, ops, indexes, first_seq)]

@@ -334,22 +334,47 @@ def test_a_big_apply_sends_whole_services_from_a_child(forking):
     assert 0.3 * len(ops) < child_ops < 0.6 * len(ops)
 
 
-def test_a_child_that_fails_leaves_its_share_to_the_parent(forking, monkeypatch):
+def test_a_child_without_a_socket_leaves_its_share_to_the_parent(forking):
+    import os
+    backend, sent = forking
+
+    def no_socket():
+        raise OSError(errno.EMFILE, "Too many open files")
+    backend._new_conn = no_socket
+    ops, _ = _big_plan()
+    errors = backend.apply(ops)
+    assert [e.errno for e in errors] == [errno.EEXIST, errno.EEXIST]
+    log = sent()
+    assert {pid for pid, _ in log} == {os.getpid()} and len(log) == len(ops)
+
+
+def test_a_child_that_dies_leaves_its_shares_outcome_unknown(forking, monkeypatch):
+    """It may have sent any part of its share: each of those ops is reported with an
+    unknown outcome (retryable), none is sent again; the parent's share is as ever."""
     import os
     backend, sent = forking
     parent = os.getpid()
-    real = IpvsNetlink._apply_in_child
+    real = IpvsNetlink._apply_share
 
-    def dies(self, *args):
+    def dies_halfway(self, conn, ops, indexes, first_seq):
         if os.getpid() != parent:
+            real(self, conn, ops, indexes[:len(indexes) // 2], first_seq)
             os._exit(5)
-        return real(self, *args)
-    monkeypatch.setattr(IpvsNetlink, "_apply_in_child", dies)
+        return real(self, conn, ops, indexes, first_seq)
+    monkeypatch.setattr(IpvsNetlink, "_apply_share", dies_halfway)
     ops, _ = _big_plan()
     errors = backend.apply(ops)
-    assert len(errors) == 2 and all(e.errno == errno.EEXIST for e in errors)
     log = sent()
-    assert {pid for pid, _ in log} == {parent} and len(log) == len(ops)
+    parents = {seq - 1 for pid, seq in log if pid == parent}     # op index = seq - first seq (1)
+    children = {seq - 1 for pid, seq in log if pid != parent}
+    theirs = set(range(len(ops))) - parents
+    assert children and children < theirs                       # half of its share was sent
+    unknown = [e for e in errors if e.errno == errno.ENOBUFS]
+    assert {id(e.op) for e in unknown} == {id(ops[i]) for i in theirs}
+    assert all(e.retryable and "outcome unknown" in str(e) for e in unknown)
+    conflicts = [e for e in errors if e.errno == errno.EEXIST]
+    assert len(conflicts) == 1 and id(conflicts[0].op) in {id(ops[i]) for i in parents}
+    assert [id(e.op) for e in errors] == [id(op) for op in ops if id(op) in {id(e.op) for e in errors}]
 
 
 def test_a_small_apply_forks_nothing(forking):
