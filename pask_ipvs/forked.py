@@ -71,6 +71,17 @@ class Child:
             raise ChildFailed(f"child {self.pid} failed: {value}")
         return value
 
+    def abandon(self) -> None:
+        """The caller gave up on this share (its own failed): end the child now, and reap it."""
+        import signal
+
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(self._fd)
+        os.waitpid(self.pid, 0)
+
 
 def start(fn: Callable[..., object], *args: object) -> Child | None:
     """``fn(*args)`` in a forked child, or None when no child can be used (see usable())."""

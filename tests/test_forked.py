@@ -116,3 +116,20 @@ def test_buffered_output_is_not_written_twice(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, env={**os.environ, forked.ENV: "1"})
     assert out.stdout == "before 7\n"
+
+
+def _sleep_long():
+    import time
+    time.sleep(60)
+    return "late"
+
+
+def test_an_abandoned_child_is_ended_and_reaped_at_once():
+    import time
+    child = forked.start(_sleep_long)
+    assert child is not None
+    t = time.monotonic()
+    child.abandon()
+    assert time.monotonic() - t < 10
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child.pid, os.WNOHANG)

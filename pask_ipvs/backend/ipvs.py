@@ -245,7 +245,12 @@ class IpvsNetlink:
             child = forked.start(self._digests_in_child, services, theirs)
             if child is None:
                 mine, theirs = keys, []
-        out = self._digests_of(services, mine)
+        try:
+            out = self._digests_of(services, mine)
+        except BaseException:
+            if child is not None:
+                child.abandon()
+            raise
         if child is not None:
             try:
                 got = child.result()
@@ -434,7 +439,12 @@ class IpvsNetlink:
                 child = forked.start(self._apply_in_child, ops, theirs, first_seq)
                 if child is None:
                     mine = range(len(ops))
-        failed = self._apply_share(conn, ops, mine, first_seq)
+        try:
+            failed = self._apply_share(conn, ops, mine, first_seq)
+        except BaseException:
+            if child is not None:            # the run fails here: no writes behind its back
+                child.abandon()
+            raise
         if child is not None:
             try:
                 answers = child.result()

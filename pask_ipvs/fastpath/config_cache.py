@@ -316,8 +316,15 @@ def _load_items(path: str, head: str, items: list[str], digests: list[bytes],
             child = forked.start(_parse_pickled, path, head_data, [items[i] for i in theirs])
             if child is None:
                 new += theirs
-        mine = _parse(path, head_data, [items[i] for i in new])
-        if mine is None:
+        try:
+            mine = _parse(path, head_data, [items[i] for i in new])
+        except BaseException:
+            if child is not None:
+                child.abandon()
+            raise
+        if mine is None:                     # the full load judges: the child's share is moot
+            if child is not None:
+                child.abandon()
             return None
         for i, svc in zip(new, mine):
             services[i] = svc

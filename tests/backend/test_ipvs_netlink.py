@@ -377,6 +377,26 @@ def test_a_child_that_dies_leaves_its_shares_outcome_unknown(forking, monkeypatc
     assert [id(e.op) for e in errors] == [id(op) for op in ops if id(op) in {id(e.op) for e in errors}]
 
 
+def test_a_parent_that_fails_ends_its_child(forking, monkeypatch):
+    """The parent's share raises (its socket broke): the run fails there, and the child
+    is ended and reaped, not left writing behind its back."""
+    from pask_ipvs import forked
+    backend, _ = forking
+    children = []
+    real_start = forked.start
+    monkeypatch.setattr(forked, "start", lambda fn, *a: children.append(real_start(fn, *a)) or children[-1])
+
+    def broken(buf, nbytes=0, flags=0):
+        raise OSError(errno.EIO, "Input/output error")
+    backend._conn.sock.recv_into = broken
+    ops, _ = _big_plan()
+    with pytest.raises(OSError):
+        backend.apply(ops)
+    assert len(children) == 1
+    with pytest.raises(ChildProcessError):
+        __import__("os").waitpid(children[0].pid, __import__("os").WNOHANG)
+
+
 def test_a_small_apply_forks_nothing(forking):
     import os
     backend, sent = forking

@@ -413,8 +413,10 @@ def test_a_cold_load_parses_batches_of_items_and_equals_the_full_load(tmp_path, 
     # rules between services, broken across batches (items 3 and 140)
     (lambda t: t.replace("name: svc-140\n", "name: svc-3\n"), "duplicate service name"),
     (lambda t: t.replace("vip: 10.99.128.141\n", "vip: 10.99.128.4\n"), "like service"),
-    # a problem in the last batch
+    # a problem in the last batch (the child's share), and one in the first (the parent's)
     (lambda t: t.replace("{address: 10.99.130.2, port: 8080}", "{address: 10.99.130.2, port: 99999}"),
+     "port"),
+    (lambda t: t.replace("{address: 10.99.2.2, port: 8080}", "{address: 10.99.2.2, port: 99999}"),
      "port"),
     # a YAML 1.1 / 1.2 ambiguity in one item: the exact reader's problem, with its line
     (lambda t: t.replace("{address: 10.99.100.2, port: 8080}", "{address: 10.99.100.2, port: 010}"),
@@ -430,6 +432,9 @@ def test_a_cold_load_with_a_problem_gives_the_full_loads_errors(tmp_path, cache_
     assert want[0] == "error" and any(expect in p for p in want[1]), want
     assert outcome(path, changed, ConfigCache(cache_file)) == want
     assert len(children) == child
+    for started in children:                 # reaped, whether its share was needed or not
+        with pytest.raises(ChildProcessError):
+            os.waitpid(started.pid, os.WNOHANG)
 
 
 @pytest.fixture
