@@ -419,6 +419,17 @@ def _load(args) -> tuple[dict, callable]:
         return json.load(f), p
 
 
+def save_table(out: str | None) -> str | None:
+    """The kernel's table as ``ipvsadm -Sn`` saves it, beside the result file (OUT.table),
+    for report.py to compare the tools' tables; its file name, or None."""
+    if not out:
+        return None
+    path = os.path.splitext(out)[0] + ".table"
+    with open(path, "wb") as f:
+        subprocess.run(["ipvsadm", "-Sn"], stdout=f, check=True)
+    return os.path.basename(path)
+
+
 def _emit(result: dict, out: str | None) -> None:
     with open("/proc/uptime") as f:
         result.setdefault("env", {})["uptime_end_s"] = float(f.read().split()[0])
@@ -472,6 +483,7 @@ def cmd_keepalived(args: argparse.Namespace) -> int:
         if not ok:
             raise SystemExit(f"keepalived: only {result['kernel_objects']}/{want} objects "
                              f"after {args.timeout}s; log: {log.name}")
+        result["table"] = save_table(args.out)
         time.sleep(args.settle)     # let keepalived finish its start-up before the reload
         ch = meta["change"]
         before = dest_weight(ch["ipvsadm_service"], ch["dest"])

@@ -91,6 +91,39 @@ def repeats_note(d: str) -> str | None:
             f"{series(_runs(d, 'pask-noop-after-keepalived'), 'noop', 's')}")
 
 
+def ipvsadm_blocks(text: str) -> dict[str, tuple[str, ...]]:
+    """``ipvsadm -Sn`` output -> each service's -A line: its -a lines, in the kernel's order
+    (the services' order follows the kernel's hash table and the order they were added
+    in, so it is not compared; a service's list of real servers is)."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("-A "):
+            current = blocks.setdefault(line.strip(), [])
+        elif line.startswith("-a "):
+            current.append(line.strip())
+    return {k: tuple(v) for k, v in blocks.items()}
+
+
+def tables_note(d: str) -> str | None:
+    """Whether pask-apply's cold apply and keepalived's cold start left the same table."""
+    try:
+        with open(os.path.join(d, "pask-1024.table")) as f:
+            pask = ipvsadm_blocks(f.read())
+        with open(os.path.join(d, "keepalived-1024.table")) as f:
+            ka = ipvsadm_blocks(f.read())
+    except OSError:
+        return None
+    dests = sum(len(v) for v in pask.values())
+    if pask == ka:
+        return (f"* IPVS tables after the cold starts (`ipvsadm -Sn`): pask-apply's and "
+                f"keepalived's are **identical**: {len(pask)} services, {dests} real servers, "
+                f"each service's real servers in the same order")
+    differ = sorted(set(pask) ^ set(ka)) or sorted(k for k in pask if pask[k] != ka.get(k))
+    return (f"* IPVS tables after the cold starts (`ipvsadm -Sn`): **DIFFER** in "
+            f"{len(differ)} services, first {differ[0]!r}")
+
+
 def _s(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f} s"
 
@@ -287,9 +320,9 @@ def env_notes(d: str) -> str:
     if calib:
         lines.append("* CPU speed check (seconds for a fixed Python loop at the start of each boot; "
                      "equal numbers = comparable runs, larger = a busier machine): " + ", ".join(calib))
-    note = repeats_note(d)
-    if note:
-        lines.append(note)
+    for note in (repeats_note(d), tables_note(d)):
+        if note:
+            lines.append(note)
     ka = _load(d, "keepalived-1024.json")
     if ka:
         lines.append(f"* keepalived: {ka.get('version', '?')}; completion polled every 0.05 s from "

@@ -46,7 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PYENV_PY = "/root/.pyenv/versions/3.11.7/bin/python"
 sys.path.insert(0, HERE)
-from peers import _env, _emit, calibrate, dest_weight, ipvs_objects, wait_until  # noqa: E402
+from peers import _env, _emit, calibrate, dest_weight, ipvs_objects, save_table, wait_until  # noqa: E402
 
 
 def python() -> str:
@@ -185,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cold["ok"]:
         _emit(result, args.out)
         return 1
+    cold["table"] = save_table(args.out)
     if args.cold_only:
         _emit(result, args.out)
         return 0
