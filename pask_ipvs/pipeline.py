@@ -184,13 +184,21 @@ def _run(request: ApplyRequest, make_backends: Callable[[], "Backends"], out: Ou
             del text                    # 1.5 MB at 1024 x 32, held to the end for nothing
             if request.verbose:
                 out.progress(f"config: {cache.how}")
-            backends = backends or make_backends()
-            planned, errors = _plan(request, out, report, config, state, health_raw, backends)
+            # A run that may apply writes the cache: a big one from a forked child, beside
+            # the plan, done before the kernel is written (its pickling's memory is never on
+            # top of the apply's); a run whose plan fails drops it.
+            if not request.planning_only:
+                cache.save_begin()
+            planned = None
+            try:
+                backends = backends or make_backends()
+                planned, errors = _plan(request, out, report, config, state, health_raw, backends)
+            finally:
+                if planned is None:
+                    cache.save_drop()
             if planned is None:
                 return errors
-            # the cache is written before the kernel is (its pickling's memory is then not on
-            # top of the apply's and verify's); a run that gets here writes it either way
-            cache_saved = cache.save()
+            cache_saved = cache.save_end()
             # the plan goes to reconcile alone: a big one is let go before verify
             outcome = reconcile(planned.desired, planned.observed, state, planned.fwmarks,
                                 backends, plan=planned.take_plan(),

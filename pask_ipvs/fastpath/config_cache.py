@@ -136,6 +136,7 @@ class ConfigCache:
         self.cache_file = cache_file
         self.how = ""
         self._learnt: tuple | None = None     # what save() writes: see _remember
+        self._saving = None                   # a forked child writing it (save_begin)
         # What this process loaded last: a daemon that reloads (pask-healthd on SIGHUP)
         # reuses the models of unchanged items as they are, without reading the file.
         self._live: dict[bytes, Service] = {}
@@ -226,6 +227,48 @@ class ConfigCache:
         """Keep what save() needs; pickling waits for save(), which only a run about to
         apply calls (not a dry run, not one whose config or plan failed)."""
         self._learnt = (code, file_digest, config, digests, known or {})
+
+    def save_begin(self) -> None:
+        """Start writing the cache: in a forked child when much is new to pickle (a cold
+        load: from PARALLEL_MIN items), so it runs beside the caller's next steps; else
+        nothing yet. save_end() finishes it, save_drop() forgets it."""
+        from .. import forked
+
+        self._saving = None
+        if self._learnt is not None and self.cache_file and self._unpickled() >= PARALLEL_MIN:
+            self._saving = forked.start(self.save)
+
+    def save_end(self) -> bool:
+        """save(), or the answer of the child save_begin() started (save() here when the
+        child failed); False when the cache could not be written."""
+        from .. import forked
+
+        child, self._saving = self._saving, None
+        if child is not None:
+            try:
+                written = child.result()
+            except forked.ChildFailed:
+                return self.save()
+            self._learnt = None
+            return bool(written)
+        return self.save()
+
+    def save_drop(self) -> None:
+        """The run ends without applying: nothing more is written (a child already writing
+        the cache of this valid config is ended)."""
+        child, self._saving = self._saving, None
+        if child is not None:
+            child.abandon()
+        self._learnt = None
+
+    def _unpickled(self) -> int:
+        """How many services save() would pickle (the cache's own and a child's kept as
+        they are)."""
+        assert self._learnt is not None
+        _, _, config, digests, known = self._learnt
+        if digests is None:
+            return len(config.services)
+        return sum(1 for digest in digests if digest not in known)
 
     def save(self) -> bool:
         """Write the cache if this run learnt something; False when it could not be written."""

@@ -514,3 +514,92 @@ def test_a_real_server_pickles_to_itself():
     assert back == rs and type(back) is RealServer
     assert (back.address, back.port, back.weight, back.state, back.explicit_port) == \
         ("2001:db8::7", 8443, 9, ServerState.BACKUP, False)
+
+
+# -- the cache written by a forked child, beside the plan ---------------------------------
+
+def test_a_big_save_is_written_by_a_child_beside_the_caller(tmp_path, cache_file, with_children):
+    children = with_children(True)
+    path, text = tmp_path / "c.yaml", yaml_config(150)
+    cache = ConfigCache(cache_file)
+    config = cache.load(str(path), text)
+    cache.save_begin()
+    assert len(children) == 2                      # the load's child, then the save's
+    assert cache.save_end() is True
+    again = ConfigCache(cache_file)
+    assert again.load(str(path), text) == config and again.how == "cached"
+    for started in children:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(started.pid, os.WNOHANG)
+
+
+def test_a_save_whose_child_dies_is_written_by_the_caller(tmp_path, cache_file, with_children,
+                                                          monkeypatch):
+    children = with_children(True)
+    parent = os.getpid()
+    real = ConfigCache.save
+
+    def dies_in_the_child(self):
+        if os.getpid() != parent:
+            os._exit(3)
+        return real(self)
+    monkeypatch.setattr(ConfigCache, "save", dies_in_the_child)
+    path, text = tmp_path / "c.yaml", yaml_config(150)
+    cache = ConfigCache(cache_file)
+    config = cache.load(str(path), text)
+    cache.save_begin()
+    assert cache.save_end() is True and len(children) == 2
+    assert ConfigCache(cache_file).load(str(path), text) == config
+
+
+def test_a_dropped_save_leaves_no_child_and_writes_nothing_more(tmp_path, cache_file, with_children):
+    children = with_children(True)
+    path, text = tmp_path / "c.yaml", yaml_config(150)
+    cache = ConfigCache(cache_file)
+    cache.load(str(path), text)
+    cache.save_begin()
+    cache.save_drop()
+    for started in children:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(started.pid, os.WNOHANG)
+    assert cache.save_end() is True                # nothing left to write
+
+
+def test_a_small_save_waits_for_save_end(tmp_path, cache_file, with_children, monkeypatch):
+    children = with_children(True)
+    monkeypatch.setattr(config_cache, "PARALLEL_MIN", 256)
+    path, text = tmp_path / "c.yaml", yaml_config(3)
+    cache = ConfigCache(cache_file)
+    config = cache.load(str(path), text)
+    cache.save_begin()
+    assert children == [] and not os.path.exists(cache_file)
+    assert cache.save_end() is True and ConfigCache(cache_file).load(str(path), text) == config
+
+
+def test_an_apply_writes_the_cache_from_a_child_and_a_failed_plan_leaves_none(tmp_path, with_children,
+                                                                             capsys):
+    from pask_ipvs.backend.fake import fake_backends
+    from pask_ipvs.cli.apply import main
+
+    children = with_children(True)
+    cfg = tmp_path / "pask.yaml"
+    cfg.write_text(yaml_config(40))
+    files = ["--state-file", str(tmp_path / "lib" / "state.json"),
+             "--health-file", str(tmp_path / "lib" / "health.json")]
+    cache = tmp_path / "lib" / config_cache.CACHE_NAME
+    b = fake_backends()
+    b.ipvs.available_schedulers = frozenset()         # preflight: no scheduler module: the plan fails
+    assert main([*files, str(cfg)], backends=lambda: b) == 1
+    assert "ip_vs_" in capsys.readouterr().err and children
+    for started in children:                          # none left: the save's child was ended
+        with pytest.raises(ChildProcessError):
+            os.waitpid(started.pid, os.WNOHANG)
+    cache.unlink(missing_ok=True)
+    children.clear()
+    b = fake_backends()
+    assert main([*files, "-v", str(cfg)], backends=lambda: b) == 0
+    assert len(children) == 2 and cache.exists()      # the load's child and the save's
+    assert main([*files, "-v", "--detailed-exitcode", str(cfg)], backends=lambda: b) == 0
+    cfg.write_text(yaml_config(40).replace("port: 8080}", "port: 8080, weight: 4}", 1))
+    assert main([*files, "-v", "--detailed-exitcode", str(cfg)], backends=lambda: b) == 2
+    assert "config: 1 of 40 services parsed" in capsys.readouterr().err
