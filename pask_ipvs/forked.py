@@ -83,6 +83,23 @@ class Child:
         os.waitpid(self.pid, 0)
 
 
+def _die_with(parent: int) -> None:
+    """The child ends when its parent does (killed mid-run: its share is not carried on
+    behind its back): PR_SET_PDEATHSIG, then a check that the parent did not go first."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):      # not Linux: the pipe's EPIPE ends it at its answer
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1                        # linux/prctl.h
+
+
 def start(fn: Callable[..., object], *args: object) -> Child | None:
     """``fn(*args)`` in a forked child, or None when no child can be used (see usable())."""
     if not usable():
@@ -92,6 +109,7 @@ def start(fn: Callable[..., object], *args: object) -> Child | None:
             stream.flush()
         except (AttributeError, OSError, ValueError):
             pass
+    parent = os.getpid()
     r, w = os.pipe()
     try:
         pid = os.fork()
@@ -103,6 +121,7 @@ def start(fn: Callable[..., object], *args: object) -> Child | None:
         code = 1
         try:
             os.close(r)
+            _die_with(parent)
             try:
                 answer: tuple[bool, object] = (True, fn(*args))
             except BaseException as exc:        # reported, not raised: the parent decides

@@ -133,3 +133,33 @@ def test_an_abandoned_child_is_ended_and_reaped_at_once():
     assert time.monotonic() - t < 10
     with pytest.raises(ChildProcessError):
         os.waitpid(child.pid, os.WNOHANG)
+
+
+def test_a_child_ends_with_its_parent(tmp_path):
+    """A pask-apply killed mid-run takes its child with it (no share carried on alone)."""
+    import subprocess
+    import sys
+    import time
+    script = ("import os, sys, time\n"
+              "os.sched_getaffinity = lambda pid: {0, 1}\n"
+              "from pask_ipvs import forked\n"
+              "c = forked.start(time.sleep, 60)\n"
+              "print(c.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, forked.ENV: "1"})
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state == "Z":                      # dead, waiting for init to reap it
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"child {child} outlived its parent")
