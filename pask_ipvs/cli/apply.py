@@ -39,6 +39,11 @@ Beside the state file pask keeps a cache of the validated config and the
 fingerprint of the last verified kernel: a re-run with nothing changed answers
 from them without parsing the config (-v says so). Both are only for speed;
 deleting them makes the next run do everything the long way.
+
+environment:
+  PASK_FORK=0    a big run (hundreds of services) gives part of its config
+                 load, IPVS writes and kernel reads to a forked child on a
+                 second CPU; 0 keeps every step in one process (same result)
 """
 
 
