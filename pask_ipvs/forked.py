@@ -8,9 +8,11 @@ returns ``fn``'s value, pickled back through a pipe.
 Only ever an optimisation: whenever a child cannot be used (one CPU, other
 threads running, no fork, the child failed, died or answered nothing readable)
 ``start`` returns None or ``result`` raises ``ChildFailed``, and the caller
-does that share itself, so no result depends on a child. The child never
-writes anything but its answer (``os._exit``: no atexit handlers, no buffered
-output flushed twice).
+does that share itself, so no result depends on a child. (The one exception is
+a share of IPVS writes: a child that dies mid-share leaves the outcome of its
+ops unknown, and backend/ipvs.py reports them so.) The child leaves by
+``os._exit`` (no atexit handlers, no buffered output flushed twice), and dies
+with its parent.
 
 Imports nothing of pask: every layer may use it.
 """
